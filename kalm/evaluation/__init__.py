@@ -1,0 +1,1 @@
+"""MTEB evaluation, reports and the quality gate."""

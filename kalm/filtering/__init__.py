@@ -1,0 +1,1 @@
+"""Ranking-consistency filtering and hard-negative mining with FAISS (KaLM's second lever)."""

@@ -1,0 +1,1 @@
+"""Ingest open datasets into the example schema."""

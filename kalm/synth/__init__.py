@@ -1,0 +1,1 @@
+"""Persona-based synthetic data generation (KaLM's first lever)."""

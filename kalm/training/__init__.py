@@ -1,0 +1,1 @@
+"""Contrastive training of an embedder (KaLM's third lever)."""

