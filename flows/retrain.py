@@ -1,0 +1,127 @@
+"""The KaLM recipe as one Prefect flow: generate -> ingest -> filter -> train -> evaluate -> report.
+
+Each stage is a cached, retried Prefect task (generation: a subflow of per-shard tasks).
+Cache keys come from each stage's config and its inputs' content, never the run id, so a
+new run of an unchanged config reuses every stage and a changed setting recomputes only
+that stage and what follows it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger
+
+from flows.stage_runner import STAGES, StageFailed, run_stage, stored_result
+from kalm.config import RunConfig, load_config
+from kalm.stage import StageResult
+from kalm.store import RunStore, new_run_id
+
+
+def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None) -> set[str]:
+    """Stages to (re)compute: all, the ``only`` list, or ``start`` and everything after it."""
+    for s in (only or []) + ([start] if start else []):
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}: choose from {', '.join(STAGES)}")
+    if only:
+        return set(only)
+    if start:
+        return set(STAGES[STAGES.index(start):])
+    return set(STAGES)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+            only: Optional[list[str]] = None, start: Optional[str] = None) -> dict[str, Any]:
+    """Run the whole recipe (or the chosen stages of an existing run) and return its summary."""
+    from tasks.evaluate import evaluate_task, gate_task, report_task
+    from tasks.filter import filter_task
+    from tasks.generate import generate_stage
+    from tasks.ingest import ingest_task
+    from tasks.train import train_task
+
+    logger = get_run_logger()
+    cfg: RunConfig = load_config(config, overrides)
+    partial = bool(only or start)
+    if partial and not run_id:
+        raise ValueError("--only/--from rerun stages of an existing run: give its --run-id")
+    store = RunStore(cfg.runs_dir, run_id or new_run_id(cfg.name))
+    todo = select_stages(only, start)
+    # A partial rerun recomputes the chosen stages (cache bypassed) and takes the others from the run.
+    refresh = partial
+    store.update_manifest(run_id=store.run_id, config_source=str(config), config=cfg.model_dump(mode="json"),
+                          started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), status="running")
+    logger.info("run %s in %s (stages: %s)", store.run_id, store.root, ", ".join(s for s in STAGES if s in todo))
+    run_dir = str(store.root)
+    data_dir = cfg.resolved_data_dir()
+
+    def stage(name: str, call, inputs: list[StageResult], **kwargs: Any) -> StageResult:
+        if name not in todo:
+            return stored_result(store, name)
+        return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name), inputs=inputs,
+                         **kwargs)
+
+    try:
+        generated = stage("generate", generate_stage, [], cfg=cfg.generate, run_dir=run_dir)
+        ingested = stage("ingest", ingest_task, [], cfg=cfg.ingest, run_dir=run_dir)
+        filtered = stage("filter", filter_task, [generated, ingested], cfg=cfg.filter,
+                         inputs=[generated, ingested], run_dir=run_dir)
+        trained = stage("train", train_task, [filtered], cfg=cfg.train, inputs=[filtered], run_dir=run_dir)
+        scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh="evaluate" in todo and refresh)
+        report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg))
+        decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir, str(cfg.runs_dir))
+    except StageFailed:
+        store.update_manifest(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _report_failure(store, cfg, report_task)
+        raise
+    store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                          scores=scores, promoted=decision.get("promoted"), report=str(report))
+    logger.info("report: %s", report)
+    return {"run_id": store.run_id, "run_dir": run_dir, "scores": scores, "report": str(report), "gate": decision}
+
+
+def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_dir: Optional[Path],
+                    evaluate_task, refresh: bool = False) -> dict[str, dict[str, Any]]:
+    """Score the trained model, its starting point and any baselines on the same tasks."""
+    models = {"trained": str(trained.output("model"))}
+    if cfg.evaluate.evaluate_base:
+        models = {"base": cfg.train.student, **models}
+    for ref in cfg.evaluate.baselines:
+        models.setdefault(ref.removeprefix("pkg:"), ref)
+    call = evaluate_task.with_options(refresh_cache=True) if refresh else evaluate_task
+    store.record_stage("evaluate", status="running", models=models)
+    start = time.perf_counter()
+    scores: dict[str, dict[str, Any]] = {}
+    try:
+        futures = {label: call.submit(model_ref=ref, cfg=cfg.evaluate, data_dir=str(data_dir) if data_dir else None,
+                                      run_dir=str(store.root), label=label) for label, ref in models.items()}
+        scores = {label: f.result() for label, f in futures.items()}
+    except Exception as e:
+        import traceback
+
+        store.record_stage("evaluate", status="failed", error=f"{type(e).__name__}: {e}",
+                           log_tail=traceback.format_exc()[-3000:])
+        raise StageFailed(f"stage 'evaluate' failed: {type(e).__name__}: {e}") from e
+    store.record_stage("evaluate", status="done", seconds=round(time.perf_counter() - start, 2),
+                       metrics={f"{label}/average": s["average"] for label, s in scores.items()}, scores=scores)
+    return scores
+
+
+def in_domain_tasks(cfg: RunConfig) -> set[str]:
+    """Evaluation tasks whose train split was ingested (their scores are in-domain)."""
+    folders = {Path(ds.path).parent.name for ds in cfg.ingest.datasets if ds.in_domain and ds.path}
+    return {t.name for t in cfg.evaluate.tasks if t.local in folders}
+
+
+def _report_failure(store: RunStore, cfg: RunConfig, report_task) -> None:
+    """Write the report even for a failed run: it names the failed stage, its error and log tail."""
+    try:
+        report_task(store.read_manifest(), store.read_manifest().get("scores", {}), str(store.root), in_domain_tasks(cfg))
+    except Exception:  # the original failure is what matters; never mask it
+        pass
+
+
+if __name__ == "__main__":
+    retrain()

@@ -1,0 +1,84 @@
+"""Run one stage task inside a flow and keep the run folder and manifest in step with it.
+
+A stage served from Prefect's cache returns the result an earlier run wrote; its files are
+hard-linked into this run's folder so every run folder is complete on its own. A cached
+result whose files were deleted since (someone cleaned ``runs/``) is recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from kalm.stage import StageResult
+from kalm.store import RunStore, link_tree
+
+STAGES = ("generate", "ingest", "filter", "train", "evaluate", "report")
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the manifest and report already say which and why."""
+
+
+def _outputs_exist(result: StageResult) -> bool:
+    return all(Path(p).exists() for p in result.outputs)
+
+
+def adopt(store: RunStore, stage: str, result: StageResult) -> tuple[StageResult, str | None]:
+    """Make ``result``'s files part of this run; return the relocated result and the source run id."""
+    here = store.root / stage
+    if Path(result.out_dir).resolve() == here.resolve():
+        return result, None
+    link_tree(result.out_dir, here)
+    source_run = Path(result.out_dir).resolve().parent.name
+    return result.relocated(here), source_run
+
+
+def _refreshed(call: Callable[..., Any], refresh: bool) -> Callable[..., Any]:
+    """The task with its cache bypassed (recomputed and re-cached) when ``refresh``.
+
+    Subflows (generation) cache per shard inside; they are returned unchanged.
+    """
+    from prefect import Task
+
+    return call.with_options(refresh_cache=True) if refresh and isinstance(call, Task) else call
+
+
+def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, refresh: bool = False,
+              config_hash: str = "", inputs: list[StageResult] | None = None, **kwargs: Any) -> StageResult:
+    """Call ``call`` (a Prefect task or subflow) for ``stage`` and record it in the manifest."""
+    inputs = inputs or []
+    store.record_stage(stage, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       config_hash=config_hash, input_hashes=[r.content_hash() for r in inputs])
+    start = time.perf_counter()
+    try:
+        result = _refreshed(call, refresh)(**kwargs)
+        if not _outputs_exist(result):
+            # Cached result of a run whose folder was deleted: compute it again.
+            result = _refreshed(call, True)(**kwargs)
+        result, source_run = adopt(store, stage, result)
+    except Exception as e:
+        store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
+                           error=f"{type(e).__name__}: {e}", log_tail=traceback.format_exc()[-3000:])
+        raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
+    wall = time.perf_counter() - start
+    store.record_stage(
+        stage, status="cached" if source_run else "done", cached_from=source_run, seconds=round(wall, 2),
+        compute_seconds=round(result.seconds, 2), counts=result.counts, metrics=result.metrics,
+        output_hashes=result.hashes, result=result.model_dump(mode="json"),
+        **({"base_model": result.info["base_model"]} if "base_model" in result.info else {}),
+    )
+    return result
+
+
+def stored_result(store: RunStore, stage: str) -> StageResult:
+    """A finished stage's result from this run's manifest (for ``--only`` / ``--from`` reruns)."""
+    entry = store.read_manifest().get("stages", {}).get(stage)
+    if not entry or "result" not in entry:
+        raise StageFailed(
+            f"run {store.run_id!r} has no finished {stage!r} stage to build on; run it first "
+            f"(kalm run --run-id {store.run_id} --from {stage})"
+        )
+    return StageResult.model_validate(entry["result"])

