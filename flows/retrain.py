@@ -47,7 +47,7 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
     partial = bool(only or start)
     if partial and not run_id:
         raise ValueError("--only/--from rerun stages of an existing run: give its --run-id")
-    store = RunStore(cfg.runs_dir, run_id or new_run_id(cfg.name))
+    store = RunStore(cfg.runs_dir, run_id or default_run_id(cfg.name))
     todo = select_stages(only, start)
     # A partial rerun recomputes the chosen stages (cache bypassed) and takes the others from the run.
     refresh = partial
@@ -83,6 +83,16 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
                           scores=scores, promoted=decision.get("promoted"), report=str(report))
     logger.info("report: %s", report)
     return {"run_id": store.run_id, "run_dir": run_dir, "scores": scores, "report": str(report), "gate": decision}
+
+
+def default_run_id(name: str) -> str:
+    """The run folder of this flow run: stable across ``prefect flow-run retry`` of the same run."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        started = flow_run.scheduled_start_time.strftime("%Y%m%d-%H%M%S")
+        return f"{name}-{started}-{str(flow_run.id)[:8]}"
+    return new_run_id(name)
 
 
 def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_dir: Optional[Path],

@@ -7,6 +7,7 @@ result whose files were deleted since (someone cleaned ``runs/``) is recomputed.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from pathlib import Path
@@ -54,10 +55,14 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
                        config_hash=config_hash, input_hashes=[r.content_hash() for r in inputs])
     start = time.perf_counter()
     try:
-        result = _refreshed(call, refresh)(**kwargs)
+        if os.environ.get("KALM_INJECT_FAULT") == stage:
+            # Fault injection for tests and drills: the stage fails as a real error would.
+            raise RuntimeError(f"fault injected into stage {stage!r} (KALM_INJECT_FAULT)")
+        state = _refreshed(call, refresh)(**kwargs, return_state=True)
+        result, cached = state.result(), state.name == "Cached"
         if not _outputs_exist(result):
             # Cached result of a run whose folder was deleted: compute it again.
-            result = _refreshed(call, True)(**kwargs)
+            result, cached = _refreshed(call, True)(**kwargs), False
         result, source_run = adopt(store, stage, result)
     except Exception as e:
         store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
@@ -65,7 +70,7 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
     wall = time.perf_counter() - start
     store.record_stage(
-        stage, status="cached" if source_run else "done", cached_from=source_run, seconds=round(wall, 2),
+        stage, status="cached" if cached or source_run else "done", cached_from=source_run, seconds=round(wall, 2),
         compute_seconds=round(result.seconds, 2), counts=result.counts, metrics=result.metrics,
         output_hashes=result.hashes, result=result.model_dump(mode="json"),
         **({"base_model": result.info["base_model"]} if "base_model" in result.info else {}),
