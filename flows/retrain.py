@@ -51,16 +51,19 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
     todo = select_stages(only, start)
     # A partial rerun recomputes the chosen stages (cache bypassed) and takes the others from the run.
     refresh = partial
+    from prefect.runtime import flow_run
+
     store.update_manifest(run_id=store.run_id, config_source=str(config), config=cfg.model_dump(mode="json"),
-                          started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), status="running")
+                          started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), status="running",
+                          flow_run_id=str(flow_run.id) if flow_run.id else None)
     logger.info("run %s in %s (stages: %s)", store.run_id, store.root, ", ".join(s for s in STAGES if s in todo))
     run_dir = str(store.root)
     data_dir = cfg.resolved_data_dir()
 
-    def stage(name: str, call, inputs: list[StageResult], **kwargs: Any) -> StageResult:
+    def stage(name: str, call, upstream: list[StageResult], **kwargs: Any) -> StageResult:
         if name not in todo:
             return stored_result(store, name)
-        return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name), inputs=inputs,
+        return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name), upstream=upstream,
                          **kwargs)
 
     try:
@@ -73,14 +76,16 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
             scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)
         else:
             scores = store.read_manifest().get("stages", {}).get("evaluate", {}).get("scores", {})
-        report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg))
-        decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir, str(cfg.runs_dir))
+        decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir,
+                             str(cfg.runs_dir))
+        store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,
+                              promoted=decision.get("promoted"), gate=decision)
+        report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg), gate=decision)
     except StageFailed:
         store.update_manifest(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _report_failure(store, cfg, report_task)
         raise
-    store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                          scores=scores, promoted=decision.get("promoted"), report=str(report))
+    store.update_manifest(report=str(report))
     logger.info("report: %s", report)
     return {"run_id": store.run_id, "run_dir": run_dir, "scores": scores, "report": str(report), "gate": decision}
 
@@ -103,13 +108,13 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
         models = {"base": cfg.train.student, **models}
     for ref in cfg.evaluate.baselines:
         models.setdefault(ref.removeprefix("pkg:"), ref)
-    call = evaluate_task.with_options(refresh_cache=True) if refresh else evaluate_task
     store.record_stage("evaluate", status="running", models=models)
     start = time.perf_counter()
     scores: dict[str, dict[str, Any]] = {}
     try:
-        futures = {label: call.submit(model_ref=ref, cfg=cfg.evaluate, data_dir=str(data_dir) if data_dir else None,
-                                      run_dir=str(store.root), label=label) for label, ref in models.items()}
+        futures = {label: evaluate_task.submit(model_ref=ref, cfg=cfg.evaluate, run_dir=str(store.root), label=label,
+                                               data_dir=str(data_dir) if data_dir else None, refresh=refresh)
+                   for label, ref in models.items()}
         scores = {label: f.result() for label, f in futures.items()}
     except Exception as e:
         import traceback
@@ -117,7 +122,9 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
         store.record_stage("evaluate", status="failed", error=f"{type(e).__name__}: {e}",
                            log_tail=traceback.format_exc()[-3000:])
         raise StageFailed(f"stage 'evaluate' failed: {type(e).__name__}: {e}") from e
-    store.record_stage("evaluate", status="done", seconds=round(time.perf_counter() - start, 2),
+    all_cached = all(set(s.get("cached", [])) >= set(s["tasks"]) for s in scores.values())
+    store.record_stage("evaluate", status="cached" if all_cached else "done",
+                       seconds=round(time.perf_counter() - start, 2),
                        metrics={f"{label}/average": s["average"] for label, s in scores.items()}, scores=scores)
     return scores
 

@@ -48,18 +48,24 @@ def _refreshed(call: Callable[..., Any], refresh: bool) -> Callable[..., Any]:
 
 
 def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, refresh: bool = False,
-              config_hash: str = "", inputs: list[StageResult] | None = None, **kwargs: Any) -> StageResult:
-    """Call ``call`` (a Prefect task or subflow) for ``stage`` and record it in the manifest."""
-    inputs = inputs or []
+              config_hash: str = "", upstream: list[StageResult] | None = None, **kwargs: Any) -> StageResult:
+    """Call ``call`` (a Prefect task or subflow) for ``stage`` with ``kwargs`` and record it in the manifest;
+    ``upstream`` are the results it depends on (their content hashes are recorded)."""
     store.record_stage(stage, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       config_hash=config_hash, input_hashes=[r.content_hash() for r in inputs])
+                       config_hash=config_hash, input_hashes=[r.content_hash() for r in upstream or []])
     start = time.perf_counter()
     try:
         if os.environ.get("KALM_INJECT_FAULT") == stage:
             # Fault injection for tests and drills: the stage fails as a real error would.
             raise RuntimeError(f"fault injected into stage {stage!r} (KALM_INJECT_FAULT)")
-        state = _refreshed(call, refresh)(**kwargs, return_state=True)
-        result, cached = state.result(), state.name == "Cached"
+        from prefect import Flow, Task
+
+        if isinstance(call, (Task, Flow)):
+            state = _refreshed(call, refresh)(**kwargs, return_state=True)
+            result, cached = state.result(), state.name == "Cached"
+        else:  # a stage that orchestrates its own cached tasks (generation's shards)
+            result = call(**kwargs)
+            cached = bool(result.info.get("all_cached"))
         if not _outputs_exist(result):
             # Cached result of a run whose folder was deleted: compute it again.
             result, cached = _refreshed(call, True)(**kwargs), False
@@ -70,7 +76,8 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
     wall = time.perf_counter() - start
     store.record_stage(
-        stage, status="cached" if cached or source_run else "done", cached_from=source_run, seconds=round(wall, 2),
+        stage, status="skipped" if result.info.get("disabled") else "cached" if cached or source_run else "done",
+        cached_from=source_run, seconds=round(wall, 2),
         compute_seconds=round(result.seconds, 2), counts=result.counts, metrics=result.metrics,
         output_hashes=result.hashes, result=result.model_dump(mode="json"),
         **({"base_model": result.info["base_model"]} if "base_model" in result.info else {}),

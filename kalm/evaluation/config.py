@@ -1,10 +1,10 @@
-"""Config of the evaluate stage."""
+"""Config of the evaluate stage (mteb evaluation, report, quality gate)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from kalm.configbase import Strict
 
@@ -12,8 +12,15 @@ from kalm.configbase import Strict
 class EvalTask(Strict):
     """One evaluation task: a local folder under ``data_dir`` when it exists, else mteb's named task."""
 
-    name: str = Field(..., description="mteb task name, e.g. STSBenchmark")
+    name: str = Field(..., description="mteb task name, e.g. STSBenchmark (results are filed under it)")
     local: Optional[str] = Field(None, description="folder under data_dir laid out like ../shared/data/<task>")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("evaluate.tasks[].name is empty: give the mteb task name, e.g. STSBenchmark")
+        return v.strip()
 
 
 class EvaluateConfig(Strict):
@@ -24,3 +31,24 @@ class EvaluateConfig(Strict):
     baselines: list[str] = Field(default_factory=list, description="model references scored beside the run")
     gate_margin: float = Field(0.005, ge=0, description="promote unless average drops more than this below the current model")
     evaluate_base: bool = True
+    instructions: dict[str, str] = Field(
+        default_factory=dict,
+        description="instruction per mteb task name or task kind (sts, retrieval, ...) for models trained with "
+                    "instructions; default: the task's own mteb prompt")
+    fan_out: bool = Field(False, description="one Prefect task per (model, task), spread over the task runner")
+
+    @field_validator("instructions")
+    @classmethod
+    def _instruction_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, text in v.items():
+            if not text.strip():
+                raise ValueError(f"evaluate.instructions[{key!r}] is empty: give the instruction text or drop the key")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> "EvaluateConfig":
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"evaluate.tasks lists {dup} more than once: keep one entry per task")
+        return self

@@ -1,0 +1,34 @@
+"""`kalm eval MODEL --tasks PATH_OR_NAMES --output DIR`: evaluation alone, no Prefect.
+
+The caller prints ``json.dumps(summary)`` as the last stdout line; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from kalm.evaluation.run import evaluate_model
+
+
+def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
+                 matryoshka_dim: Optional[int] = None) -> dict[str, Any]:
+    """Score MODEL (a path, ``pkg:<module>`` or hub id) on PATH_OR_NAMES; mteb's files go under ``output``.
+
+    Returns ``{"tasks": {"<task>": <main score>, ...}, "average": <x>}`` on mteb's 0-1 scale.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc="mteb", file=sys.stderr, disable=None)
+
+    def progress(fraction: float, message: str = "") -> None:
+        bar.n = round(fraction * 100)
+        bar.set_postfix_str(message[:60], refresh=True)
+
+    try:
+        summary = evaluate_model(model, tasks, Path(output), batch_size=batch_size, matryoshka_dim=matryoshka_dim,
+                                 progress=progress)
+    finally:
+        bar.close()
+    return {"tasks": summary["tasks"], "average": summary["average"]}

@@ -1,0 +1,119 @@
+"""Quality gate: a run's model is promoted only if it is not worse than the current one.
+
+The registry ``<runs_dir>/promoted.json`` holds ``current`` (the promoted model: run id, model
+path, fingerprint, scores, time) and ``history`` (every decision, promoted or not). It is
+rewritten atomically, so a crash never leaves half a registry.
+
+Rule: compare averages on the tasks both models were scored on; promote unless the new average
+is more than ``margin`` below the current model's. The first model is promoted; a model sharing
+no task with the current one is not (nothing shows it is as good: score it on those tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from kalm.store import atomic_write_json
+
+REGISTRY = "promoted.json"
+_lock = threading.Lock()
+
+
+def registry_path(runs_dir: Path) -> Path:
+    return Path(runs_dir) / REGISTRY
+
+
+def load_registry(runs_dir: Path) -> dict[str, Any]:
+    p = registry_path(runs_dir)
+    if not p.exists():
+        return {"current": None, "history": []}
+    try:
+        reg = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e.msg}); restore it or delete it to start a new registry") from e
+    reg.setdefault("current", None)
+    reg.setdefault("history", [])
+    return reg
+
+
+def current_model(runs_dir: Path) -> Optional[dict[str, Any]]:
+    """The promoted model's registry entry, or None."""
+    return load_registry(runs_dir)["current"]
+
+
+def _valid(scores: Optional[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for t, v in ((scores or {}).get("tasks") or {}).items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if not math.isnan(f):
+            out[t] = f
+    return out
+
+
+def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """The decision alone (no registry I/O): ``{"promoted", "reason", ...}``."""
+    ours = _valid(scores)
+    if not ours:
+        return {"promoted": False, "reason": "not promoted: the model has no scores (evaluation produced none)"}
+    if current is None:
+        avg = sum(ours.values()) / len(ours)
+        return {"promoted": True, "average": avg, "tasks": sorted(ours),
+                "reason": f"promoted: no model was promoted before; this one becomes current (average {avg:.4f} "
+                          f"on {len(ours)} tasks)"}
+    theirs_all = _valid(current.get("scores"))
+    shared = sorted(set(ours) & set(theirs_all))
+    if not shared:
+        return {"promoted": False, "tasks": [],
+                "reason": (f"not promoted: it shares no task with the current model {current.get('model')} "
+                           f"(run {current.get('run_id')}, scored on {sorted(theirs_all)}; this run on "
+                           f"{sorted(ours)}), so nothing shows it is as good; evaluate it on the current "
+                           "model's tasks")}
+    mine = sum(ours[t] for t in shared) / len(shared)
+    theirs = sum(theirs_all[t] for t in shared) / len(shared)
+    delta = mine - theirs
+    common = {"average": mine, "current_average": theirs, "delta": delta, "margin": margin, "tasks": shared,
+              "current_run": current.get("run_id"), "current_model": current.get("model")}
+    if delta < -margin:
+        return {"promoted": False, **common,
+                "reason": (f"not promoted: average {mine:.4f} on {len(shared)} shared task(s) ({', '.join(shared)}) "
+                           f"is {-delta:.4f} below the current model's {theirs:.4f} (run {current.get('run_id')}), "
+                           f"more than the allowed margin {margin}; the current model stays")}
+    return {"promoted": True, **common,
+            "reason": (f"promoted: average {mine:.4f} vs the current model's {theirs:.4f} on {len(shared)} shared "
+                       f"task(s) (delta {delta:+.4f}, margin {margin})")}
+
+
+def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_dir: Path, margin: float,
+         fingerprint: Optional[str] = None) -> dict[str, Any]:
+    """Decide, record the decision in the registry, and on promotion make this model the current one.
+
+    Rerunning the gate for a run already recorded replaces that run's earlier decision (a cached
+    rerun of the same run must not stack duplicates or compare the run with itself).
+    """
+    with _lock:
+        reg = load_registry(runs_dir)
+        current = reg["current"]
+        if current is not None and current.get("run_id") == run_id:
+            # Re-deciding the current run: compare with what was current before it.
+            earlier = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") != run_id]
+            current = earlier[-1] if earlier else None
+        decision = decide(scores, current, margin)
+        entry = {"run_id": run_id, "model": str(model_path), "fingerprint": fingerprint,
+                 "scores": {"tasks": _valid(scores), "average": (scores or {}).get("average")},
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **decision}
+        reg["history"] = [h for h in reg["history"] if h.get("run_id") != run_id] + [entry]
+        if decision["promoted"]:
+            reg["current"] = entry
+        elif reg["current"] is not None and reg["current"].get("run_id") == run_id:
+            reg["current"] = current  # this run was current, but on re-decision it no longer qualifies
+        atomic_write_json(registry_path(runs_dir), reg)
+    return {**decision, "registry": str(registry_path(runs_dir)),
+            "current_run": (reg["current"] or {}).get("run_id")}

@@ -1,0 +1,186 @@
+"""The run report: every evaluated model's scores side by side, counts and timings per stage.
+
+``build_report`` writes ``report.md`` and ``scores.png`` into the run folder; ``score_rows`` gives
+the same score table as rows (for a Prefect table artifact).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from kalm.store import atomic_write_text
+
+STAGE_ORDER = ("generate", "ingest", "filter", "train", "evaluate", "report")
+# The pair whose difference the report shows (the run's effect on its student).
+BASE, TRAINED = "base", "trained"
+
+
+def _num(v: Any) -> Optional[float]:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def score_rows(scores: dict[str, dict[str, Any]], in_domain_tasks: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """One row per task (then one per task type average, then the overall average): a column per model,
+    plus ``delta`` = trained - base where both exist. Tasks whose train split was ingested are marked."""
+    models = [m for m, s in scores.items() if s]
+    tasks = sorted({t for m in models for t in scores[m].get("tasks", {})})
+    types: dict[str, str] = {}
+    for m in models:
+        types.update(scores[m].get("types", {}))
+    with_delta = BASE in models and TRAINED in models
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, kind: str, values: dict[str, Optional[float]]) -> dict[str, Any]:
+        r: dict[str, Any] = {"task": label, "type": kind}
+        for m in models:
+            v = values.get(m)
+            r[m] = None if v is None else round(v, 4)
+        if with_delta:
+            b, t = r.get(BASE), r.get(TRAINED)
+            r["delta"] = None if b is None or t is None else round(t - b, 4)
+        return r
+
+    for t in tasks:
+        label = t + (" (in-domain)" if t in in_domain_tasks else "")
+        rows.append(row(label, types.get(t, ""), {m: _num(scores[m].get("tasks", {}).get(t)) for m in models}))
+    distinct_types = sorted({types[t] for t in tasks if t in types})
+    per_type = [sum(1 for t in tasks if types.get(t) == ty) for ty in distinct_types]
+    if len(distinct_types) > 1 and max(per_type) > 1:  # a type average says something new only then
+        for ty in distinct_types:
+            rows.append(row(f"average {ty}", ty, {m: _num(scores[m].get("by_type", {}).get(ty)) for m in models}))
+    rows.append(row("average", "", {m: _num(scores[m].get("average")) for m in models}))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["(no scores)"]
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |",
+           "|" + "|".join("---" if c in ("task", "type") else "---:" for c in cols) + "|"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None:
+                cells.append("")
+            elif c == "delta":
+                cells.append(f"{v:+.4f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4f}")
+            else:
+                cells.append(f"**{v}**" if c == "task" and str(v) == "average" else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _fmt_counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((counts or {}).items()))
+
+
+def _stage_rows(stages: dict[str, Any]) -> list[str]:
+    lines = ["| stage | status | seconds | counts | metrics |", "|---|---|---:|---|---|"]
+    names = [s for s in STAGE_ORDER if s in stages] + sorted(set(stages) - set(STAGE_ORDER))
+    for name in names:
+        s = stages[name] or {}
+        status = str(s.get("status", "?")) + (f" (from {s['cached_from']})" if s.get("cached_from") else "")
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in sorted((s.get("metrics") or {}).items()))
+        seconds = s.get("seconds")
+        lines.append(f"| {name} | {status} | {'' if seconds is None else f'{float(seconds):.1f}'} | "
+                     f"{_fmt_counts(s.get('counts') or {})} | {metrics} |")
+    total = sum(float(s.get("seconds") or 0) for s in stages.values() if isinstance(s, dict))
+    lines.append(f"| **total** | | {total:.1f} | | |")
+    return lines
+
+
+def _eval_time_lines(scores: dict[str, dict[str, Any]]) -> list[str]:
+    models = [m for m, s in scores.items() if s and s.get("seconds")]
+    if not models:
+        return []
+    tasks = sorted({t for m in models for t in scores[m]["seconds"]})
+    lines = ["## Evaluation time (seconds; cached = served from the results cache)", "",
+             "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for t in tasks:
+        cells = []
+        for m in models:
+            sec = scores[m]["seconds"].get(t)
+            cached = t in (scores[m].get("cached") or [])
+            cells.append("" if sec is None else f"{sec:.1f}" + (" (cached)" if cached else ""))
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _subset_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
+    notes = []
+    for m, s in scores.items():
+        for task, subs in (s or {}).get("subsets", {}).items():
+            if len(subs) > 1:
+                parts = ", ".join(f"{k} {v:.4f}" for k, v in sorted(subs.items()))
+                notes.append(f"- {m} / {task}: mean of {len(subs)} subsets ({parts})")
+    return (["Per-subset scores (the task score is their mean, as mteb computes it):", "", *notes, ""]
+            if notes else [])
+
+
+def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], out_dir: Path,
+                 in_domain_tasks: set[str] = frozenset(), failures: Optional[dict[str, str]] = None,
+                 gate: Optional[dict[str, Any]] = None) -> Path:
+    """Write ``report.md`` (and ``scores.png`` when there are scores) into ``out_dir``; returns report.md.
+
+    ``scores``: {model label: evaluate_model summary}, e.g. base / trained / baselines.
+    ``failures``: {stage: error text} for stages that failed (the manifest's own error and
+    log tail are shown too). ``gate``: the quality gate's decision, when already known.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = manifest.get("stages", {}) or {}
+    scores = {m: s for m, s in (scores or {}).items() if s}
+    lines = [f"# Run {manifest.get('run_id', out_dir.name)}", "",
+             f"status: **{manifest.get('status', 'running')}** · config: `{manifest.get('config_source', '?')}`"
+             + (f" · started {manifest['started_at']}" if manifest.get("started_at") else "")
+             + (f" · finished {manifest['finished_at']}" if manifest.get("finished_at") else ""), ""]
+
+    lines += ["## Scores (mteb main score, 0-1)", ""]
+    rows = score_rows(scores, in_domain_tasks)
+    lines += markdown_table(rows) if scores else ["(no model was evaluated)"]
+    lines.append("")
+    models = manifest.get("stages", {}).get("evaluate", {}).get("models") or {}
+    if models:
+        lines += ["Models: " + "; ".join(f"**{k}** = `{v}`" for k, v in models.items()), ""]
+    base_model = (stages.get("train") or {}).get("base_model")
+    if base_model:
+        lines += [f"The student started from `{base_model}`.", ""]
+    if in_domain_tasks:
+        lines += ["**in-domain**: the train split of these tasks was ingested as training data, so their scores "
+                  "are not zero-shot: " + ", ".join(sorted(in_domain_tasks)), ""]
+    lines += _subset_notes(scores)
+    if scores:
+        lines += ["![scores per task](scores.png)", ""]
+    if gate:
+        lines += ["## Quality gate", "", f"**{'promoted' if gate.get('promoted') else 'not promoted'}**: "
+                  f"{gate.get('reason', '')}", ""]
+    lines += _eval_time_lines(scores)
+
+    lines += ["## Stages", ""]
+    lines += _stage_rows(stages) if stages else ["(no stage recorded)"]
+    lines.append("")
+    failed = {n: (s or {}) for n, s in stages.items() if (s or {}).get("status") == "failed"}
+    for name in [*failed, *[f for f in (failures or {}) if f not in failed]]:
+        s = failed.get(name, {})
+        error = (failures or {}).get(name) or s.get("error", "")
+        lines += [f"## Failed: {name}", "", f"**{error}**", ""]
+        if s.get("log_tail"):
+            lines += ["```", str(s["log_tail"])[-3000:], "```", ""]
+    report = out_dir / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    if scores:
+        from kalm.evaluation.plot import plot_scores
+
+        plot_scores(scores, out_dir / "scores.png", title=f"mteb main scores, run {manifest.get('run_id', '')}")
+    return report

@@ -1,0 +1,59 @@
+"""transformers backend: batched chat generation, left padding, JSON-schema constrained decoding
+with xgrammar (the engine behind vLLM's structured outputs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kalm.synth.backends.base import Chat
+from kalm.synth.config import GenerateConfig
+
+
+class TransformersBackend:
+    def __init__(self, cfg: GenerateConfig):
+        import torch
+        import xgrammar as xgr
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from kalm.models import transformers_path
+
+        path = transformers_path(cfg.model)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"  # generation continues every row from its last token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+        self.compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self._grammars: dict[str, Any] = {}
+        self.batch_size = cfg.batch_size
+
+    def _grammar(self, schema: dict[str, Any]):
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = self.compiler.compile_json_schema(key, any_whitespace=False)
+        return self._grammars[key]
+
+    def generate(self, chats: list[Chat], schema: dict[str, Any], max_new_tokens: int, temperature: float,
+                 seed: int) -> list[str]:
+        import torch
+        import xgrammar as xgr
+
+        out: list[str] = []
+        grammar = self._grammar(schema)
+        for i in range(0, len(chats), self.batch_size):
+            batch = chats[i:i + self.batch_size]
+            prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            torch.manual_seed(seed + i)
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            with torch.inference_mode():
+                ids = self.model.generate(
+                    **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                    logits_processor=[xgr.contrib.hf.LogitsProcessor(grammar)], **sampling)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out

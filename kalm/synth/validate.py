@@ -1,0 +1,91 @@
+"""Validate every LLM answer with pydantic; count each rejection by reason instead of crashing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+MAX_CHARS = 400
+
+REASONS = ("truncated_json", "malformed_json", "missing_field", "empty_field", "query_equals_positive",
+           "positive_equals_negative", "wrong_language")
+
+
+class Brainstorm(BaseModel):
+    tasks: list[str] = Field(..., min_length=1)
+
+
+class ExampleAnswer(BaseModel):
+    query: str
+    positive: str
+    hard_negative: str
+
+
+class PersonaAnswer(BaseModel):
+    persona: str
+
+
+def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict[str, Any]:
+    """A closed JSON schema for constrained decoding (string lengths bounded so answers finish)."""
+    props: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if field.annotation == list[str]:
+            props[name] = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 160},
+                           "minItems": 1, **({"maxItems": max_items} if max_items else {})}
+        else:
+            props[name] = {"type": "string", "minLength": 1, "maxLength": MAX_CHARS}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse(raw: str, model: type[T]) -> tuple[Optional[T], Optional[str]]:
+    """(answer, None) or (None, reason)."""
+    text = raw.strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        opens = text.count("{") + text.count("[")
+        closes = text.count("}") + text.count("]")
+        return None, "truncated_json" if text.startswith(("{", "[")) and opens > closes else "malformed_json"
+    if not isinstance(data, dict):
+        return None, "malformed_json"
+    try:
+        answer = model.model_validate(data)
+    except ValidationError:
+        return None, "missing_field"
+    for value in answer.model_dump().values():
+        items = value if isinstance(value, list) else [value]
+        if any(not str(v).strip() for v in items):
+            return None, "empty_field"
+    return answer, None
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().split())
+
+
+def check_example(answer: ExampleAnswer, language: str, detect=None) -> Optional[str]:
+    """The first content rule the example breaks, or None."""
+    if _norm(answer.query) == _norm(answer.positive):
+        return "query_equals_positive"
+    if _norm(answer.positive) == _norm(answer.hard_negative):
+        return "positive_equals_negative"
+    if detect is not None and detect(f"{answer.query} {answer.positive}") != language:
+        return "wrong_language"
+    return None
+
+
+_LANGID_SET = ["en", "zh", "es", "fr", "de", "it", "pt", "nl", "pl", "ru", "ja", "ko", "ar", "hi", "tr", "sv"]
+
+
+def language_detector(languages: list[str]):
+    """langid restricted to major languages plus the configured ones (short texts confuse the full set)."""
+    import langid
+
+    identifier = langid.langid.LanguageIdentifier.from_modelstring(langid.langid.model, norm_probs=True)
+    identifier.set_languages(sorted(set(_LANGID_SET) | set(languages)))
+    return lambda text: identifier.classify(text)[0]

@@ -1,0 +1,61 @@
+"""Training examples -> token batches: queries with instructions, positives + hard negatives."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from kalm.schema import read_examples
+from kalm.training.config import TrainConfig
+
+
+def load_examples(inputs: Sequence[Path]) -> list[dict[str, Any]]:
+    rows = read_examples(list(inputs)).to_pylist()
+    if not rows:
+        raise ValueError(f"no training examples in {[str(p) for p in inputs]}: the filter kept nothing? "
+                         "lower filter.top_k's strictness or add data")
+    return rows
+
+
+def task_key(row: dict[str, Any]) -> str:
+    """What counts as one task for batch sampling: the task type and the data source."""
+    return f"{row['task_type']}/{row['source']}"
+
+
+class Collator:
+    """Builds one step's token tensors from example rows (dynamic padding to the longest text)."""
+
+    def __init__(self, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]]):
+        self.tok, self.cfg, self.rows = tokenizer, cfg, rows
+
+    def query_text(self, row: dict[str, Any]) -> str:
+        if self.cfg.use_instructions and row.get("instruction"):
+            return self.cfg.query_instruction_format.format(instruction=row["instruction"], query=row["query"])
+        return row["query"]
+
+    def negatives(self, row: dict[str, Any], rng: random.Random) -> list[str]:
+        """Exactly k hard negatives: the example's own, topped up with random other positives."""
+        k = self.cfg.num_hard_negatives
+        negs = list(row.get("negatives") or [])[:k]
+        while len(negs) < k:
+            other = self.rows[rng.randrange(len(self.rows))]["positive"]
+            if other != row["positive"]:
+                negs.append(other)
+        return negs
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tok(texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __call__(self, indices: list[int], step: int) -> dict[str, Any]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        rows = [self.rows[i] for i in indices]
+        negs = [n for r in rows for n in self.negatives(r, rng)]
+        return {
+            "query": self.tokenize([self.query_text(r) for r in rows]),
+            "docs": self.tokenize([r["positive"] for r in rows] + negs),
+            "in_batch": torch.tensor([r["task_type"] in self.cfg.in_batch_negatives_for for r in rows]),
+        }

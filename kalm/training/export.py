@@ -1,0 +1,59 @@
+"""Export the trained embedder in sentence-transformers format.
+
+``SentenceTransformer(path)`` then reproduces the trainer's embeddings: same weights, same
+tokenizer (with the EOS post-processor for last-token pooling), same pooling and
+normalization; the query instructions are stored as prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from kalm.store import atomic_path
+from kalm.training.config import TrainConfig
+
+_ST_POOLING = {"mean": "mean", "last_token": "lasttoken", "cls": "cls"}
+
+
+def instruction_prompts(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """One query prompt per task type (its most common instruction), plus ``query`` as the default."""
+    if not cfg.use_instructions:
+        return {}
+    by_type: dict[str, Counter] = {}
+    for r in rows:
+        if r.get("instruction"):
+            by_type.setdefault(r["task_type"], Counter())[r["instruction"]] += 1
+    prompts = {}
+    for task_type, counts in by_type.items():
+        instruction = counts.most_common(1)[0][0]
+        prompts[task_type] = cfg.query_instruction_format.format(instruction=instruction, query="")
+    if prompts:
+        prompts["query"] = prompts.get("retrieval", next(iter(prompts.values())))
+    return prompts
+
+
+def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]], out: Path) -> Path:
+    from sentence_transformers import SentenceTransformer, models
+
+    model = embedder.model
+    if cfg.lora.enabled:
+        model = model.merge_and_unload()
+    with atomic_path(Path(out)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        transformer = models.Transformer(str(tmp), max_seq_length=cfg.max_length)
+        modules = [transformer, models.Pooling(embedder.dim, pooling_mode=_ST_POOLING[cfg.pooling])]
+        if cfg.normalize:
+            modules.append(models.Normalize())
+        st = SentenceTransformer(modules=modules, prompts=instruction_prompts(cfg, rows), device="cpu",
+                                 similarity_fn_name="cosine")
+        st.save(str(tmp))
+        (tmp / "kalm_training.json").write_text(json.dumps({
+            "base_model": cfg.student, "pooling": cfg.pooling, "matryoshka_dims": cfg.matryoshka_dims,
+            # Evaluation prepends instructions only to models trained with them.
+            "query_instruction_format": cfg.query_instruction_format if cfg.use_instructions else None,
+            "use_instructions": cfg.use_instructions, "max_length": cfg.max_length}, indent=2))
+    return Path(out)

@@ -1,0 +1,139 @@
+"""Prefect subflow: synthetic data generation as one cached task per shard of personas.
+
+Each shard's cache key is its personas, the generation settings, the prompt templates and the
+kalm code; never the run id. Kill a run at any point and rerun: finished shards come from
+the cache (or from disk), only missing ones are generated. Shards fan out over the task
+runner named in the config (threads/processes here; Dask or Ray clusters elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from kalm.stage import StageResult
+from kalm.store import hash_strings, link_tree
+from kalm.synth.config import GenerateConfig
+from tasks.common import ProgressArtifact, artifact_key, code_version, results_dir
+
+_BACKENDS: dict[str, Any] = {}
+
+
+def _backend(cfg: GenerateConfig):
+    """One backend (model load) per process, shared by every shard it runs."""
+    key = hash_strings([cfg.backend, cfg.model, cfg.openai.model_dump_json(), cfg.vllm.model_dump_json(),
+                        str(cfg.batch_size)])
+    if key not in _BACKENDS:
+        from kalm.synth.backends import make_backend
+
+        _BACKENDS[key] = make_backend(cfg, api_key=_api_key(cfg))
+    return _BACKENDS[key]
+
+
+def _api_key(cfg: GenerateConfig) -> str | None:
+    """The HTTP backend's key: a Prefect Secret block when named, else the environment (never logged)."""
+    if cfg.backend != "openai":
+        return None
+    if cfg.openai.api_key_secret_block:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(cfg.openai.api_key_secret_block).get()
+    return os.environ.get(cfg.openai.api_key_env)
+
+
+def _shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    from kalm.synth.generate import shard_key
+    from kalm.synth.prompts import templates_hash
+
+    cfg: GenerateConfig = parameters["cfg"]
+    return "generate-shard-" + hash_strings([shard_key(cfg, parameters["personas"]), templates_hash(cfg),
+                                             code_version("generate"), str(parameters["shard_index"])])
+
+
+@task(name="generate-shard", retries=2, retry_delay_seconds=10, cache_key_fn=_shard_cache_key,
+      persist_result=True, result_storage=results_dir(), tags=["gpu"])
+def generate_shard_task(cfg: GenerateConfig, personas: list[str], shard_index: int, run_dir: str) -> StageResult:
+    from kalm.synth.generate import generate_shard
+
+    progress = ProgressArtifact(f"generate-shard-{shard_index}", f"Generating shard {shard_index}")
+    result = generate_shard(cfg, personas, shard_index, Path(run_dir) / "generate" / "shards", _backend(cfg),
+                            progress=progress)
+    progress.close()
+    return result
+
+
+def _runner(cfg: GenerateConfig):
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    if cfg.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as e:
+            raise RuntimeError("generate.task_runner 'dask' needs prefect-dask: pip install 'kalm-pipeline[cluster]'") from e
+        return DaskTaskRunner(address=cfg.task_runner_address) if cfg.task_runner_address else DaskTaskRunner()
+    if cfg.task_runner == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as e:
+            raise RuntimeError("generate.task_runner 'ray' needs prefect-ray: pip install 'kalm-pipeline[cluster]'") from e
+        return RayTaskRunner(address=cfg.task_runner_address) if cfg.task_runner_address else RayTaskRunner()
+    if cfg.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=cfg.max_workers)
+    return ThreadPoolTaskRunner(max_workers=1 if cfg.task_runner == "sequential" else cfg.max_workers)
+
+
+@flow(name="generate")
+def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
+    from prefect.artifacts import create_table_artifact
+
+    from kalm.synth.generate import merge_shards, plan_shards
+    from kalm.synth.personas import load_personas
+
+    out = Path(run_dir) / "generate"
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    personas = load_personas(cfg, backend=_backend(cfg) if cfg.personas.seed_corpus else None)
+    plan = plan_shards(cfg, personas)
+    progress = ProgressArtifact("generate-progress", f"Generating {len(plan)} shards")
+    start, results, skipped, cached_shards = time.perf_counter(), [], 0, 0
+    wave = 1 if cfg.task_runner == "sequential" else cfg.max_workers
+    for w in range(0, len(plan), wave):
+        if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+            skipped = len(plan) - w  # a rerun generates them (resume), finished ones come from the cache
+            break
+        futures = [generate_shard_task.submit(cfg, plan[i], i, run_dir) for i in range(w, min(w + wave, len(plan)))]
+        for f in futures:
+            r = f.result()
+            cached_shards += f.state.name == "Cached"
+            if not all(Path(p).exists() for p in r.outputs):  # cached result whose files were deleted
+                i = len(results)
+                r = generate_shard_task.with_options(refresh_cache=True)(cfg, plan[i], i, run_dir)
+            if Path(r.out_dir).resolve() != shards_dir.resolve():
+                for p in r.outputs:
+                    link_tree(p, shards_dir / p.name)
+                r = r.relocated(shards_dir)
+            results.append(r)
+        progress(len(results) / max(len(plan), 1), f"{len(results)}/{len(plan)} shards")
+    progress.close()
+    merged = merge_shards(cfg, results, out, skipped=skipped)
+    merged.info["all_cached"] = cached_shards == len(results) and not skipped
+    stats = merged.info["stats"]
+    create_table_artifact(key=artifact_key("generate-stats"), description="synthetic data: accepted and dropped",
+                          table=[{"what": "accepted", "count": stats["accepted"]},
+                                 *[{"what": f"dropped: {k}", "count": v} for k, v in sorted(stats["dropped"].items())],
+                                 *[{"what": f"task type: {k}", "count": v} for k, v in stats["by_task_type"].items()],
+                                 *[{"what": f"language: {k}", "count": v} for k, v in stats["by_language"].items()]])
+    return merged
+
+
+def generate_stage(cfg: GenerateConfig, run_dir: str) -> StageResult:
+    """The generate stage of a run: the shard subflow on the configured task runner (or nothing when disabled)."""
+    if not cfg.enabled:
+        out = Path(run_dir) / "generate"
+        out.mkdir(parents=True, exist_ok=True)
+        return StageResult(stage="generate", out_dir=out, counts={"accepted": 0}, info={"disabled": True})
+    return _generate_flow.with_options(task_runner=_runner(cfg))(cfg=cfg, run_dir=run_dir)

@@ -1,0 +1,67 @@
+"""The Prefect tasks: evaluation cached by model content and task set (not by run), fan-out per
+task, mteb files in every run folder, report and gate artifacts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+def _tiny_tasks(shared_data: Path, root: Path) -> Path:
+    """Two small local task folders; a nonce file makes their content (hence cache keys) new per session."""
+    nonce = uuid.uuid4().hex
+    for name, n in (("stsb_en", 60), ("my_sts", 40)):
+        d = root / name
+        d.mkdir(parents=True)
+        rows = (shared_data / "stsb_en" / "test.jsonl").read_text().splitlines()
+        (d / "test.jsonl").write_text("\n".join(rows[200:200 + n]) + "\n")
+        (d / "NONCE").write_text(nonce)
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monkeypatch):
+    monkeypatch.setenv("KALM_CACHE", str(tmp_path / "kalm-cache"))
+    from prefect import flow
+
+    from kalm.evaluation.config import EvalTask, EvaluateConfig
+    from tasks.evaluate import evaluate_task, gate_task, report_task
+
+    data = _tiny_tasks(shared_data, tmp_path / "data")
+    cfg = EvaluateConfig(tasks=[EvalTask(name="STSBenchmark", local="stsb_en"), EvalTask(name="my_sts", local="my_sts")])
+    runs = tmp_path / "runs"
+
+    @flow(name="eval-test")
+    def run(run_id: str, fan_out: bool) -> dict:
+        c = cfg.model_copy(update={"fan_out": fan_out})
+        s = evaluate_task(minilm_ref, c, str(data), str(runs / run_id), "base")
+        report = report_task({"run_id": run_id, "stages": {}}, {"base": s}, str(runs / run_id), {"STSBenchmark"})
+        decision = gate_task(c, s, minilm_ref, str(runs / run_id), str(runs))
+        return {"summary": s, "report": str(report), "gate": decision}
+
+    first = run("r1", fan_out=False)
+    s1 = first["summary"]
+    assert set(s1["tasks"]) == {"STSBenchmark", "my_sts"} and s1["cached"] == []
+    assert first["gate"]["promoted"]
+    assert "STSBenchmark (in-domain)" in Path(first["report"]).read_text()
+    assert (runs / "r1" / "scores.png").exists()
+
+    # A second run, same model and data: Prefect's cache answers with the persisted summary
+    # (had kalm's results cache answered instead, "cached" would list the tasks), and the new
+    # run folder still gets mteb's result files.
+    second = run("r2", fan_out=False)
+    s2 = second["summary"]
+    assert s2["tasks"] == s1["tasks"] and s2["cached"] == []
+    files = sorted(p.name for p in (runs / "r2" / "evaluate" / "base" / "mteb").rglob("*.json"))
+    assert files == ["STSBenchmark.json", "model_meta.json", "my_sts.json"]
+    assert json.loads((runs / "r2" / "evaluate" / "base" / "summary.json").read_text())["tasks"] == s1["tasks"]
+    assert second["gate"]["promoted"] and second["gate"]["delta"] == 0
+    assert json.loads((runs / "promoted.json").read_text())["current"]["run_id"] == "r2"
+
+    # Fan-out: one Prefect task per (model, task); new keys, so kalm's results cache serves them.
+    third = run("r3", fan_out=True)["summary"]
+    assert third["tasks"] == s1["tasks"] and sorted(third["cached"]) == ["STSBenchmark", "my_sts"]
+    assert third["average"] == pytest.approx(s1["average"])

