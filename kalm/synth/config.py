@@ -55,6 +55,8 @@ class GenerateConfig(Strict):
     max_new_tokens: int = Field(256, ge=16)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages repeating (prompt tokens too)")
+    no_repeat_ngram_size: int = Field(4, ge=0, description="ban repeating n-grams (stops loops and prompt echoes); 0 = off")
     seed: int = 0
     time_budget_s: Optional[float] = Field(None, gt=0, description="stop starting new shards after this many seconds")
     prompts_dir: Optional[Path] = Field(None, description="template folder (default: kalm/synth/prompts)")

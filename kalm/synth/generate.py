@@ -86,10 +86,10 @@ def generate_shard(cfg: GenerateConfig, personas: list[str], shard_index: int, o
     raws = backend.generate([j[-1] for j in jobs2], json_schema(ExampleAnswer), cfg.max_new_tokens, cfg.temperature,
                             cfg.seed + 7919 * (shard_index + 1))
     examples = []
-    for (persona, task_type, task, language, knobs, _), raw in zip(jobs2, raws):
+    for (persona, task_type, task, language, knobs, chat), raw in zip(jobs2, raws):
         answer, reason = parse(raw, ExampleAnswer)
         if answer is not None:
-            reason = check_example(answer, language, detect)
+            reason = check_example(answer, language, detect, prompt=chat[-1]["content"])
         if reason is not None:
             reasons[reason] += 1
             rejected.append({"stage": "example", "reason": reason, "task_type": task_type, "raw": raw[:500]})

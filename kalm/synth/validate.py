@@ -7,10 +7,10 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-MAX_CHARS = 400
+MAX_CHARS = 160
 
-REASONS = ("truncated_json", "malformed_json", "missing_field", "empty_field", "query_equals_positive",
-           "positive_equals_negative", "wrong_language")
+REASONS = ("truncated_json", "malformed_json", "missing_field", "empty_field", "copied_prompt",
+           "query_equals_positive", "positive_equals_negative", "wrong_language")
 
 
 class Brainstorm(BaseModel):
@@ -32,10 +32,10 @@ def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict
     props: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if field.annotation == list[str]:
-            props[name] = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 160},
+            props[name] = {"type": "array", "items": {"type": "string", "minLength": 20, "maxLength": 120},
                            "minItems": 1, **({"maxItems": max_items} if max_items else {})}
         else:
-            props[name] = {"type": "string", "minLength": 1, "maxLength": MAX_CHARS}
+            props[name] = {"type": "string", "minLength": 8, "maxLength": MAX_CHARS}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
@@ -68,8 +68,10 @@ def _norm(s: str) -> str:
     return " ".join(s.lower().split())
 
 
-def check_example(answer: ExampleAnswer, language: str, detect=None) -> Optional[str]:
+def check_example(answer: ExampleAnswer, language: str, detect=None, prompt: str = "") -> Optional[str]:
     """The first content rule the example breaks, or None."""
+    if prompt and any(_norm(v) in _norm(prompt) for v in (answer.query, answer.positive)):
+        return "copied_prompt"  # small models echo the instructions instead of writing an example
     if _norm(answer.query) == _norm(answer.positive):
         return "query_equals_positive"
     if _norm(answer.positive) == _norm(answer.hard_negative):

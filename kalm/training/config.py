@@ -53,6 +53,8 @@ class TrainConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
+    disable_dropout: bool = Field(True, description="dropout off, as LLM-embedding recipes do; makes runs "
+                                                    "identical whatever the number of processes")
     grad_cache_chunk_size: int = Field(0, ge=0, description="GradCache mini-batch size; 0 = off")
     checkpoint_every: int = Field(20, ge=1)
     log_every: int = Field(1, ge=1)

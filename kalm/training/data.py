@@ -37,7 +37,10 @@ class Collator:
         return row["query"]
 
     def negatives(self, row: dict[str, Any], rng: random.Random) -> list[str]:
-        """Exactly k hard negatives: the example's own, topped up with random other positives."""
+        """Exactly k hard negatives: the example's own, topped up with random other positives.
+
+        ``rng`` is seeded per example and step, so the draw does not depend on which process
+        (or how many) collates the example."""
         k = self.cfg.num_hard_negatives
         negs = list(row.get("negatives") or [])[:k]
         while len(negs) < k:
@@ -51,9 +54,9 @@ class Collator:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def __call__(self, indices: list[int], step: int) -> dict[str, Any]:
-        rng = random.Random(self.cfg.seed * 1_000_003 + step)
         rows = [self.rows[i] for i in indices]
-        negs = [n for r in rows for n in self.negatives(r, rng)]
+        negs = [n for i, r in zip(indices, rows)
+                for n in self.negatives(r, random.Random(f"{self.cfg.seed}-{step}-{i}"))]
         return {
             "query": self.tokenize([self.query_text(r) for r in rows]),
             "docs": self.tokenize([r["positive"] for r in rows] + negs),

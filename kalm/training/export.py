@@ -44,7 +44,11 @@ def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, rows: lis
     with atomic_path(Path(out)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        transformer = models.Transformer(str(tmp), max_seq_length=cfg.max_length)
+        # Plain-text modality: without it sentence-transformers renders a decoder's input through its
+        # chat template, which training never did.
+        transformer = models.Transformer(
+            str(tmp), max_seq_length=cfg.max_length, module_output_name="token_embeddings",
+            modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}})
         modules = [transformer, models.Pooling(embedder.dim, pooling_mode=_ST_POOLING[cfg.pooling])]
         if cfg.normalize:
             modules.append(models.Normalize())

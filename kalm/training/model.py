@@ -13,10 +13,9 @@ from kalm.training.config import TrainConfig
 def load_tokenizer(path: str, pooling: str):
     """The student's tokenizer; for last-token pooling it appends EOS to every text.
 
-    The EOS is added by the tokenizer's own post-processor, so the exported
-    sentence-transformers model tokenizes exactly as training did.
+    ``add_eos_token`` is saved with the tokenizer, so the exported sentence-transformers model
+    tokenizes exactly as training did (its last token is the EOS whose state is pooled).
     """
-    from tokenizers import processors
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -26,9 +25,7 @@ def load_tokenizer(path: str, pooling: str):
     if pooling == "last_token":
         if tok.eos_token is None:
             raise ValueError(f"{path}: tokenizer has no EOS token; last_token pooling needs one (use pooling: mean)")
-        eos = tok.eos_token
-        tok._tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.eos_token_id)])
+        tok.add_eos_token = True
     return tok
 
 
@@ -59,6 +56,10 @@ class Embedder(nn.Module):
             self.model = get_peft_model(self.model, LoraConfig(
                 r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                 target_modules=cfg.lora.target_modules))
+        if cfg.disable_dropout:
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         self.pooling = cfg.pooling
         self.normalize = cfg.normalize
 

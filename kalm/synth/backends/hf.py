@@ -30,11 +30,13 @@ class TransformersBackend:
         self.compiler = xgr.GrammarCompiler(info, max_threads=1)
         self._grammars: dict[str, Any] = {}
         self.batch_size = cfg.batch_size
+        self.repetition_penalty = cfg.repetition_penalty
+        self.no_repeat_ngram_size = cfg.no_repeat_ngram_size
 
     def _grammar(self, schema: dict[str, Any]):
         key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            self._grammars[key] = self.compiler.compile_json_schema(key, any_whitespace=False)
+        if key not in self._grammars:  # properties keep their order: the model writes the query first
+            self._grammars[key] = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         return self._grammars[key]
 
     def generate(self, chats: list[Chat], schema: dict[str, Any], max_new_tokens: int, temperature: float,
@@ -53,6 +55,7 @@ class TransformersBackend:
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                    repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
                     logits_processor=[xgr.contrib.hf.LogitsProcessor(grammar)], **sampling)
             new = ids[:, enc["input_ids"].shape[1]:]
             out += self.tokenizer.batch_decode(new, skip_special_tokens=True)

