@@ -102,7 +102,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     start, results, skipped, cached_shards = time.perf_counter(), [], 0, 0
     wave = 1 if cfg.task_runner == "sequential" else cfg.max_workers
     for w in range(0, len(plan), wave):
-        if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
+        if w and cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             skipped = len(plan) - w  # a rerun generates them (resume), finished ones come from the cache
             break
         futures = [generate_shard_task.submit(cfg, plan[i], i, run_dir) for i in range(w, min(w + wave, len(plan)))]
