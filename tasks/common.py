@@ -39,6 +39,8 @@ def configure_prefect_home() -> None:
     os.environ.setdefault("PREFECT_HOME", str(KALM_DIR / "prefect"))
     # The demo needs no server: an ephemeral one is started in-process when no API URL is set.
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    # The temporary server needs ~8 s on an idle 2-core machine; allow for a loaded one.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("KALM_LOG_LEVEL", "INFO"))
 
 

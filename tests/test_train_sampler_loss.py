@@ -76,3 +76,16 @@ def test_matryoshka_weights_truncations():
     half = info_nce(q[:, :4], d[:, :4], ib, 1, 0.1)
     mrl = matryoshka_info_nce(q, d, ib, 1, 0.1, dims=[8, 4], weights=[1.0, 0.5])
     assert torch.allclose(mrl, (full + 0.5 * half) / 1.5, atol=1e-6)
+
+
+def test_label_aware_negatives_mask_only_same_label_positives():
+    torch.manual_seed(0)
+    q, d = torch.randn(4, 8), torch.randn(8, 8)
+    labels = torch.tensor([5, 5, 9, -1])  # rows 0 and 1 share a label; row 3 has none
+    loss = info_nce(q, d, torch.zeros(4, dtype=torch.bool), num_hard=1, temperature=0.1, labels=labels)
+    qn, dn = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
+    # own positive first; other labels' (and unlabeled examples') positives; own hard negative
+    allowed = {0: [0, 2, 3, 4], 1: [1, 2, 3, 5], 2: [2, 0, 1, 3, 6], 3: [3, 7]}
+    expected = torch.stack([F.cross_entropy((qn[i] @ dn[cols].T / 0.1)[None], torch.tensor([0]))
+                            for i, cols in allowed.items()]).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from kalm.schema import Example, read_examples, write_examples
 from kalm.stage import Progress, StageResult, no_progress
-from kalm.store import atomic_write_json, hash_outputs, hash_strings
+from kalm.store import atomic_write_json, atomic_write_text, hash_outputs, hash_strings
 from kalm.synth.config import GenerateConfig
 from kalm.synth.dedup import deduplicate
 from kalm.synth.prompts import render, task_types
@@ -27,7 +27,18 @@ LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "es": "Spanish", "fr": "Fren
 KNOBS = {"length": ["a short phrase", "one sentence", "two sentences"],
          "clarity": ["clear", "slightly ambiguous"],
          "difficulty": ["easy", "hard"]}
-REJECT_SAMPLE = 20
+REJECT_SAMPLE_PER_REASON = 5  # raw outputs kept per drop reason and shard, for inspection
+
+
+def _rejected_sample(rejected: list[dict[str, Any]]) -> str:
+    """The first few rejected raw outputs of each reason, as JSONL."""
+    kept: Counter = Counter()
+    lines = []
+    for r in rejected:
+        if kept[r["reason"]] < REJECT_SAMPLE_PER_REASON:
+            kept[r["reason"]] += 1
+            lines.append(json.dumps(r, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
 
 
 def plan_shards(cfg: GenerateConfig, personas: list[str]) -> list[list[str]]:
@@ -105,7 +116,7 @@ def generate_shard(cfg: GenerateConfig, personas: list[str], shard_index: int, o
              "by_task_type": dict(Counter(e.task_type for e in examples)),
              "by_language": dict(Counter(e.language for e in examples))}
     atomic_write_json(out_dir / f"{name}.stats.json", stats)
-    atomic_write_json(out_dir / f"{name}.rejected.json", rejected[:REJECT_SAMPLE])
+    atomic_write_text(out_dir / f"{name}.rejected.jsonl", _rejected_sample(rejected))
     progress(1.0, f"shard {shard_index}: {len(examples)} examples")
     return StageResult(stage="generate", out_dir=out_dir, outputs=[path], hashes=hash_outputs(out_dir, [path]),
                        counts={"accepted": len(examples), "dropped": sum(reasons.values()), "prompts": stats["prompts"]},

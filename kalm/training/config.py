@@ -49,6 +49,8 @@ class TrainConfig(Strict):
         default_factory=lambda: ["retrieval", "sts", "pair_classification", "reranking"],
         description="task types whose other in-batch documents count as negatives",
     )
+    label_aware_negatives: bool = Field(True, description="classification rows also use other labels' positives "
+                                                         "from the batch as negatives (same-label ones masked)")
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"

@@ -25,6 +25,18 @@ def task_key(row: dict[str, Any]) -> str:
     return f"{row['task_type']}/{row['source']}"
 
 
+def label_id(row: dict[str, Any]) -> int:
+    """A stable id of the example's class label (classification data), -1 when it has none."""
+    import hashlib
+    import json
+
+    label = json.loads(row.get("metadata") or "{}").get("label")
+    if label is None:
+        return -1
+    digest = hashlib.sha256(f"{row['source']}/{label}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
 class Collator:
     """Builds one step's token tensors from example rows (dynamic padding to the longest text)."""
 
@@ -58,6 +70,7 @@ class Collator:
         negs = [n for i, r in zip(indices, rows)
                 for n in self.negatives(r, random.Random(f"{self.cfg.seed}-{step}-{i}"))]
         return {
+            "labels": torch.tensor([label_id(r) for r in rows]),
             "query": self.tokenize([self.query_text(r) for r in rows]),
             "docs": self.tokenize([r["positive"] for r in rows] + negs),
             "in_batch": torch.tensor([r["task_type"] in self.cfg.in_batch_negatives_for for r in rows]),

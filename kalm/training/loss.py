@@ -10,8 +10,10 @@ Under DDP, queries and documents are all-gathered with ``torch.distributed.nn.al
 (which keeps gradients), so every query sees the whole global batch as negatives.
 
 Classification and clustering examples share labels within a batch, so another example's
-positive is often a true positive: for those task types (``in_batch`` False) only the
-example's own hard negatives are negatives, as KaLM does for non-retrieval tasks.
+positive is often a true positive. For those task types (``in_batch`` False) the negatives are
+the example's own hard negatives plus the other examples' positives whose ``labels`` differ
+(same-label ones are masked: they are false negatives). Without labels, only its own hard
+negatives count, as KaLM does for non-retrieval tasks.
 
 References: van den Oord et al. 2018 (InfoNCE); Hu et al. 2025 (KaLM-Embedding);
 Kusupati et al. 2022 (Matryoshka Representation Learning).
@@ -47,7 +49,7 @@ def _regroup(d: torch.Tensor, B: int, k: int, world: int) -> torch.Tensor:
 
 
 def info_nce(q: torch.Tensor, d: torch.Tensor, in_batch: torch.Tensor, num_hard: int, temperature: float,
-             normalize: bool = True) -> torch.Tensor:
+             normalize: bool = True, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Mean InfoNCE over the global batch; see the module docstring for shapes."""
     import torch.distributed as dist
 
@@ -65,15 +67,20 @@ def info_nce(q: torch.Tensor, d: torch.Tensor, in_batch: torch.Tensor, num_hard:
     for j in range(num_hard):
         own[rows, B + rows * num_hard + j] = True
     allowed = own | in_batch_all[:, None]
+    if labels is not None:  # label-aware in-batch negatives: other labels' positives only
+        labels_all = gather(labels)
+        allowed[:, :B] |= (labels_all[:, None] != labels_all[None, :]) & (labels_all[:, None] >= 0)
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     return F.cross_entropy(scores, rows)
 
 
 def matryoshka_info_nce(q: torch.Tensor, d: torch.Tensor, in_batch: torch.Tensor, num_hard: int, temperature: float,
-                        dims: list[int], weights: list[float]) -> torch.Tensor:
-    """Weighted InfoNCE over truncations of the embeddings (Matryoshka); full size when ``dims`` is empty."""
+                        dims: list[int], weights: list[float], labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted InfoNCE over truncations of the embeddings (Matryoshka); full size when ``dims`` is empty.
+
+    ``labels``: [B] int label ids for label-aware negatives (-1 where an example has no label)."""
     if not dims:
-        return info_nce(q, d, in_batch, num_hard, temperature)
+        return info_nce(q, d, in_batch, num_hard, temperature, labels=labels)
     weights = weights or [1.0] * len(dims)
-    return sum(w * info_nce(q[:, :dim], d[:, :dim], in_batch, num_hard, temperature)
+    return sum(w * info_nce(q[:, :dim], d[:, :dim], in_batch, num_hard, temperature, labels=labels)
                for dim, w in zip(dims, weights)) / sum(weights)

@@ -101,7 +101,8 @@ def run_training(cfg: TrainConfig, model_path: str, inputs: Sequence[Path], out:
         q_emb = model(q["input_ids"].to(device), q["attention_mask"].to(device))
         d_emb = model(d["input_ids"].to(device), d["attention_mask"].to(device))
         loss = matryoshka_info_nce(q_emb, d_emb, batch["in_batch"].to(device), cfg.num_hard_negatives,
-                                   cfg.temperature, cfg.matryoshka_dims, cfg.matryoshka_weights)
+                                   cfg.temperature, cfg.matryoshka_dims, cfg.matryoshka_weights,
+                                   labels=batch["labels"].to(device) if cfg.label_aware_negatives else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

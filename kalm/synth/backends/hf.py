@@ -1,5 +1,9 @@
 """transformers backend: batched chat generation, left padding, JSON-schema constrained decoding
-with xgrammar (the engine behind vLLM's structured outputs)."""
+with xgrammar (the engine behind vLLM's structured outputs).
+
+Greedy by default (``temperature: 0``); with sampling, each batch is seeded from the call's
+seed, so a rerun of a shard writes the same tokens either way.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,36 @@ from kalm.synth.backends.base import Chat
 from kalm.synth.config import GenerateConfig
 
 
+def _guarded_processor(grammar, bans: list):
+    """xgrammar's mask first, then the repetition bans; a row the bans would leave without any
+    legal token keeps the grammar-only scores. (Otherwise argmax over all ``-inf`` picks an
+    illegal token and xgrammar's matcher asserts: one bad row would crash the whole shard.)"""
+    import torch
+    import xgrammar as xgr
+    from transformers import LogitsProcessor
+
+    class Guarded(LogitsProcessor):
+        def __init__(self):
+            self.grammar = xgr.contrib.hf.LogitsProcessor(grammar)  # single use: one per generate()
+
+        def __call__(self, input_ids, scores):
+            scores = self.grammar(input_ids, scores)
+            if not bans:
+                return scores
+            banned = scores.clone()
+            for ban in bans:
+                banned = ban(input_ids, banned)
+            dead = torch.isneginf(banned).all(dim=-1)
+            if dead.any():
+                banned[dead] = scores[dead]
+            return banned
+
+    return Guarded()
+
+
 class TransformersBackend:
+    """``AutoModelForCausalLM.generate`` in batches of ``batch_size`` chats (CPU or one GPU)."""
+
     def __init__(self, cfg: GenerateConfig):
         import torch
         import xgrammar as xgr
@@ -30,6 +63,7 @@ class TransformersBackend:
         self.compiler = xgr.GrammarCompiler(info, max_threads=1)
         self._grammars: dict[str, Any] = {}
         self.batch_size = cfg.batch_size
+        self.top_p = cfg.top_p
         self.repetition_penalty = cfg.repetition_penalty
         self.no_repeat_ngram_size = cfg.no_repeat_ngram_size
 
@@ -39,10 +73,19 @@ class TransformersBackend:
             self._grammars[key] = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         return self._grammars[key]
 
+    def _bans(self) -> list:
+        from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+        bans = []
+        if self.repetition_penalty > 1.0:
+            bans.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.no_repeat_ngram_size > 0:
+            bans.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+        return bans
+
     def generate(self, chats: list[Chat], schema: dict[str, Any], max_new_tokens: int, temperature: float,
                  seed: int) -> list[str]:
         import torch
-        import xgrammar as xgr
 
         out: list[str] = []
         grammar = self._grammar(schema)
@@ -51,12 +94,12 @@ class TransformersBackend:
             prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(seed + i)
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+            sampling = ({"do_sample": True, "temperature": temperature, "top_p": self.top_p} if temperature > 0
+                        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                    repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
-                    logits_processor=[xgr.contrib.hf.LogitsProcessor(grammar)], **sampling)
+                    logits_processor=[_guarded_processor(grammar, self._bans())], **sampling)
             new = ids[:, enc["input_ids"].shape[1]:]
             out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return out
