@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kalm-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test ui clean-runs lock
+.PHONY: setup demo test ui clean-runs lock browser
 
 $(STAMP): requirements.lock requirements-models.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kalm run --config cpu-demo
 
-test: $(STAMP)
+# The UI test drives Debian's headless Chromium; installed here where apt-get works (root), else it skips.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || true
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -32,7 +32,7 @@ def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None)
     return set(STAGES)
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
             only: Optional[list[str]] = None, start: Optional[str] = None) -> dict[str, Any]:
     """Run the whole recipe (or the chosen stages of an existing run) and return its summary."""

@@ -76,8 +76,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}"
     print(f"Prefect UI at {url} (state in {os.environ['PREFECT_HOME']}).\n"
           f"Send runs there with: export PREFECT_API_URL={url}/api", flush=True)
+    env = {**os.environ, "PREFECT_UI_API_URL": f"{url}/api"}  # the UI's browser code calls this API
     return subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", args.host,
-                            "--port", str(args.port)])
+                            "--port", str(args.port)], env=env)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -23,10 +23,16 @@ from tasks.common import ProgressArtifact, artifact_key, code_version, results_d
 _BACKENDS: dict[str, Any] = {}
 
 
+def backend_key(cfg: GenerateConfig) -> str:
+    """What a loaded backend depends on: the same key reuses the loaded model."""
+    return hash_strings([cfg.backend, cfg.model, cfg.openai.model_dump_json(), cfg.vllm.model_dump_json(),
+                         str(cfg.batch_size), str(cfg.top_p), str(cfg.repetition_penalty),
+                         str(cfg.no_repeat_ngram_size), str(cfg.seed)])
+
+
 def _backend(cfg: GenerateConfig):
     """One backend (model load) per process, shared by every shard it runs."""
-    key = hash_strings([cfg.backend, cfg.model, cfg.openai.model_dump_json(), cfg.vllm.model_dump_json(),
-                        str(cfg.batch_size)])
+    key = backend_key(cfg)
     if key not in _BACKENDS:
         from kalm.synth.backends import make_backend
 
@@ -121,6 +127,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     progress.close()
     merged = merge_shards(cfg, results, out, skipped=skipped)
     merged.info["all_cached"] = cached_shards == len(results) and not skipped
+    merged.info["skipped_shard_indices"] = list(range(len(results), len(plan)))  # a rerun generates these
     stats = merged.info["stats"]
     create_table_artifact(key=artifact_key("generate-stats"), description="synthetic data: accepted and dropped",
                           table=[{"what": "accepted", "count": stats["accepted"]},

@@ -108,8 +108,9 @@ def test_prefect_flow_run_retry_recomputes_only_the_failed_stage(env):
 def server(env):
     port = _free_port()
     log = open(Path(env["KALM_HOME"]) / "server.log", "w")
+    # The UI's browser code calls the API at PREFECT_UI_API_URL (default port 4200): point it at this server.
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            env={**env, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -152,11 +153,17 @@ def test_deploy_all_and_worker_runs_retrain_then_ui_shows_it(env, server):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={env['KALM_HOME']}/chromium", "--window-size=1600,1200", "--virtual-time-budget=15000"]
     page = f"{server}/runs/flow-run/{flow_run_id}"
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    for stage in ("ingest", "filter", "train", "evaluate"):
-        assert stage in dom, f"stage {stage!r} not shown on {page}"
-    artifacts = subprocess.run([chromium, *flags, "--dump-dom", f"{page}?tab=Artifacts"], capture_output=True,
-                               text=True, timeout=120).stdout
-    assert "run-report" in artifacts, f"report artifact not shown on {page}?tab=Artifacts"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+
+    def dom(url: str) -> str:
+        text = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        (OUTPUT / f"{url.rstrip('/').rsplit('/', 1)[-1].split('=')[-1].replace('%20', '-')}.html").write_text(text)
+        return text
+
+    task_runs = dom(f"{page}?tab=Task%20Runs")
+    for stage in ("ingest", "filter", "train", "evaluate", "report"):
+        assert f"{stage}-" in task_runs, f"stage {stage!r} not shown on {page}?tab=Task Runs"
+    report = dom(f"{server}/artifacts/key/run-report")
+    assert "run-report" in report and "report of run tiny-" in report, f"report artifact not shown at {server}/artifacts"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", f"{page}?tab=Task%20Runs"], capture_output=True,
+                   timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000

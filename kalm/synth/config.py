@@ -19,7 +19,7 @@ class PersonaSource(Strict):
     split: str = "train"
     field: str = "persona"
     seed_corpus: Optional[Path] = Field(None, description="texts (JSONL/TXT) to derive personas from with the LLM")
-    num_personas: int = Field(16, ge=1)
+    num_personas: int = Field(8, ge=1, description="personas sampled after dedup (CPU demo: 8)")
     seed: int = 0
 
 
@@ -38,7 +38,10 @@ class OpenAIOptions(Strict):
     api_key_secret_block: Optional[str] = Field(None, description="Prefect Secret block name holding the API key")
     max_in_flight: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0, description="retries with exponential backoff on connection errors, 429, 5xx")
+    response_format: Literal["json_schema", "json_object"] = Field(
+        "json_schema", description="how the server takes the JSON schema: 'json_schema' (OpenAI, vLLM, SGLang) or "
+        "'json_object' with a 'schema' key (llama-cpp-python's server)")
 
 
 class GenerateConfig(Strict):
@@ -50,9 +53,9 @@ class GenerateConfig(Strict):
     languages: list[str] = ["en"]
     tasks_per_persona: int = Field(1, ge=1)
     examples_per_task: int = Field(1, ge=1)
-    personas_per_shard: int = Field(8, ge=1)
+    personas_per_shard: int = Field(4, ge=1, description="resume and fan-out granularity")
     batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(256, ge=16)
+    max_new_tokens: int = Field(96, ge=16, description="per answer; JSON is cut (truncated_json) beyond it")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, ge=1.0, description="> 1 discourages repeating (prompt tokens too)")

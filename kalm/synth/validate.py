@@ -7,9 +7,9 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-MAX_CHARS = 160
+MAX_CHARS = 120
 
-REASONS = ("truncated_json", "malformed_json", "missing_field", "empty_field", "copied_prompt",
+REASONS = ("empty_output", "truncated_json", "malformed_json", "missing_field", "empty_field", "copied_prompt",
            "query_equals_positive", "positive_equals_negative", "wrong_language")
 
 
@@ -45,6 +45,8 @@ T = TypeVar("T", bound=BaseModel)
 def parse(raw: str, model: type[T]) -> tuple[Optional[T], Optional[str]]:
     """(answer, None) or (None, reason)."""
     text = raw.strip()
+    if not text:  # the backend gave nothing (e.g. the server refused the request)
+        return None, "empty_output"
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

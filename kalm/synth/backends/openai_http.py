@@ -39,7 +39,11 @@ class OpenAIBackend:
         client = openai.AsyncOpenAI(base_url=self.opts.base_url, api_key=self._api_key,
                                     timeout=self.opts.timeout_s, max_retries=self.opts.max_retries)
         limit = asyncio.Semaphore(self.opts.max_in_flight)
-        response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+        if self.opts.response_format == "json_object":  # llama-cpp-python's dialect
+            response_format = {"type": "json_object", "schema": schema}
+        else:
+            response_format = {"type": "json_schema",
+                               "json_schema": {"name": "answer", "schema": schema, "strict": True}}
 
         async def one(i: int, chat: Chat) -> str:
             async with limit:
