@@ -4,7 +4,6 @@ parallelism, the task runner choice, the disabled stage, and the vLLM backend wh
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 
 import pytest
 
@@ -54,32 +53,38 @@ def test_shard_key_ignores_orchestration_settings():
     assert shard_key(base, ["a"]) != shard_key(GenerateConfig(max_new_tokens=97), ["a"])
 
 
-def _claim(lock_dir, q):
-    from kalm.synth.backends.vllm import claim_gpus
-    import os
-
-    q.put((claim_gpus(2, 2, lock_dir), os.environ.get("CUDA_VISIBLE_DEVICES")))
-    q.get()  # hold the claim until the parent has seen both workers
+_CLAIM_SCRIPT = """
+import json, os, sys
+from kalm.synth.backends.vllm import claim_gpus
+print(json.dumps([claim_gpus(2, 2, sys.argv[1]), os.environ.get("CUDA_VISIBLE_DEVICES")]), flush=True)
+sys.stdin.read()  # hold the claim until the parent closes our stdin
+"""
 
 
 def test_each_worker_process_claims_its_own_gpu_group(tmp_path, monkeypatch):
-    monkeypatch.delenv("KALM_KEEP_CUDA_VISIBLE_DEVICES", raising=False)
-    ctx = mp.get_context("spawn")
-    results, procs = ctx.Queue(), []
-    for _ in range(2):
-        p = ctx.Process(target=_claim, args=(tmp_path, results))
-        p.start()
-        procs.append(p)
-    got = sorted(results.get(timeout=60) for _ in procs)
-    assert got == [(0, "0,1"), (1, "2,3")]
-    from kalm.synth.backends.vllm import claim_gpus
+    import subprocess
+    import sys
 
-    with pytest.raises(RuntimeError, match="data_parallel_size"):
-        claim_gpus(2, 2, tmp_path)  # a third worker finds every group taken
-    for _ in procs:
-        results.put("done")
-    for p in procs:
-        p.join(30)
+    monkeypatch.delenv("KALM_KEEP_CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # Separate interpreters, as the processes task runner's workers are; each reports on its own pipe.
+    procs = [subprocess.Popen([sys.executable, "-c", _CLAIM_SCRIPT, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        got = sorted(tuple(json.loads(p.stdout.readline())) for p in procs)
+        assert got == [(0, "0,1"), (1, "2,3")]
+        from kalm.synth.backends.vllm import claim_gpus
+
+        with pytest.raises(RuntimeError, match="data_parallel_size"):
+            claim_gpus(2, 2, tmp_path)  # a third worker finds every group taken
+    finally:
+        for p in procs:
+            p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def test_cluster_runner_missing_package_says_what_to_install():
