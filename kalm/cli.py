@@ -2,6 +2,7 @@
 
     kalm run  [--config FILE|PRESET] [--run-id ID] [--only STAGE ...] [--from STAGE] [--set key=value ...]
     kalm eval MODEL --tasks PATH_OR_NAMES --output DIR
+    kalm ablate [--config FILE|PRESET] [--variants NAME ...] [--set key=value ...]
     kalm ui   [--port 4200]
     kalm check-config FILE|PRESET
 
@@ -60,6 +61,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from kalm.config import ConfigError, load_config
+
+    overrides = _parse_sets(args.set or [])
+    try:
+        load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from flows.ablation import ablation
+
+    result = ablation(config=args.config, variants=args.variants or None, overrides=overrides or None,
+                      ablation_id=args.ablation_id)
+    print(Path(result["markdown"]).read_text())
+    print(json.dumps({"ablation_id": result["ablation_id"], "markdown": result["markdown"],
+                      "average": {r["variant"]: r["average"] for r in result["table"]},
+                      "seconds": {k: round(v, 1) for k, v in result["seconds"].items()}}))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from kalm.evaluation.cli import eval_command
 
@@ -104,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="start", choices=STAGE_NAMES, help="rerun this stage and all after it")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted key)")
     r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("ablate", help="run the ablation variants of a config and print the comparison table")
+    a.add_argument("--config", default="cpu-demo", help="preset name (configs/*.yaml) or YAML file")
+    a.add_argument("--variants", nargs="+", help="subset of the variants (default: all; see flows/ablation.py)")
+    a.add_argument("--ablation-id", default=None, help="folder name under runs_dir for the table (default: new)")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted key)")
+    a.set_defaults(func=cmd_ablate)
 
     e = sub.add_parser("eval", help="evaluate a model with mteb; prints a JSON summary last")
     e.add_argument("model", help="model folder, 'pkg:<module>' or hub id")

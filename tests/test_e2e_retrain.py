@@ -14,17 +14,20 @@ PROJECT = Path(__file__).resolve().parent.parent
 TINY = PROJECT / "tests" / "configs" / "tiny.yaml"
 
 
-def _kalm_run(home: Path, run_id: str, *extra: str) -> dict:
+def _kalm(home: Path, command: str, *args: str) -> dict:
     env = {**os.environ, "KALM_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
            "KALM_CACHE": str(home / "cache"), "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "kalm.cli", "run", "--config", str(TINY), "--run-id", run_id,
-         "--set", f"runs_dir={home / 'runs'}", *extra],
+        [sys.executable, "-m", "kalm.cli", command, "--config", str(TINY), "--set", f"runs_dir={home / 'runs'}", *args],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _kalm_run(home: Path, run_id: str, *extra: str) -> dict:
+    return _kalm(home, "run", "--run-id", run_id, *extra)
 
 
 @pytest.mark.slow
@@ -66,3 +69,16 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
     assert m2["stages"]["generate"]["output_hashes"] == manifest["stages"]["generate"]["output_hashes"]
     assert m2["scores"] == manifest["scores"]
     assert (Path(second["run_dir"]) / "train" / "model").is_dir()
+
+    # The ablation flow shares every stage its variants have in common with earlier runs: the
+    # full recipe is served from cache; dropping hard negatives retrains and re-evaluates only.
+    ab = _kalm(home, "ablate", "--variants", "filtered", "no-hard-negatives", "--ablation-id", "ab")
+    assert set(ab["average"]) == {"base (no training)", "filtered", "no-hard-negatives"}
+    assert ab["average"]["filtered"] == round(manifest["scores"]["trained"]["average"], 4)
+    runs = home / "runs"
+    full = json.loads((runs / "ab-filtered" / "manifest.json").read_text())
+    assert {s["status"] for s in full["stages"].values()} <= {"cached", "skipped"}, full["stages"]
+    no_hn = json.loads((runs / "ab-no-hard-negatives" / "manifest.json").read_text())["stages"]
+    assert no_hn["filter"]["status"] == "cached" and no_hn["train"]["status"] == "done"
+    table = (runs / "ab" / "ablation.md").read_text()
+    assert "no-hard-negatives" in table and (runs / "ab" / "ablation.png").stat().st_size > 1000

@@ -113,3 +113,34 @@ def test_two_gloo_processes_give_the_same_loss_as_one(examples, tmp_path):
     two = launch(TrainConfig(**base, distributed=DistributedOptions(nproc_per_node=2, backend="gloo")),
                  transformers_path(base["student"]), [examples], tmp_path / "two")
     assert abs(one["losses"][0] - two["losses"][0]) < 1e-4, (one["losses"], two["losses"])
+
+
+def test_grad_cache_step_gives_the_plain_steps_loss_and_gradients(examples):
+    """GradCache (chunks of 5 over a batch of 12 queries + 24 documents) = one plain step."""
+    from kalm.training.data import Collator, load_examples
+    from kalm.training.grad_cache import grad_cache_step
+    from kalm.training.loss import info_nce
+    from kalm.training.model import Embedder, load_tokenizer
+
+    cfg = TrainConfig(max_length=32)
+    path = str(transformers_path(cfg.student))
+    rows = load_examples([examples])
+    batch = Collator(load_tokenizer(path, cfg.pooling), cfg, rows)(list(range(0, 120, 10)), step=0)
+    q, d = batch["query"], batch["docs"]
+
+    def loss_fn(qe, de):
+        return info_nce(qe, de, batch["in_batch"], 1, cfg.temperature, labels=batch["labels"])
+
+    grads = []
+    for chunk in (0, 5):
+        torch.manual_seed(0)
+        model = Embedder(path, cfg, torch.device("cpu")).train()
+        if chunk:
+            loss = grad_cache_step(model, [q, d], loss_fn, chunk)
+        else:
+            loss = loss_fn(model(**q), model(**d))
+            loss.backward()
+        grads.append((float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (plain_loss, plain), (cached_loss, cached) = grads
+    assert abs(plain_loss - cached_loss) < 1e-5
+    assert plain.abs().sum() > 0 and torch.allclose(plain, cached, atol=1e-5, rtol=1e-3)

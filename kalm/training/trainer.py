@@ -20,6 +20,7 @@ from kalm.stage import Progress, no_progress
 from kalm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kalm.training.config import TrainConfig
 from kalm.training.data import Collator, load_examples, task_key
+from kalm.training.grad_cache import grad_cache_step
 from kalm.training.loss import matryoshka_info_nce
 from kalm.training.model import Embedder, load_tokenizer
 from kalm.training.sampler import TaskBatchSampler, rank_slice
@@ -96,15 +97,21 @@ def run_training(cfg: TrainConfig, model_path: str, inputs: Sequence[Path], out:
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         batch = collate(rank_slice(sampler.next_batch(), rank, world), step)
-        q = batch["query"]
-        d = batch["docs"]
-        q_emb = model(q["input_ids"].to(device), q["attention_mask"].to(device))
-        d_emb = model(d["input_ids"].to(device), d["attention_mask"].to(device))
-        loss = matryoshka_info_nce(q_emb, d_emb, batch["in_batch"].to(device), cfg.num_hard_negatives,
-                                   cfg.temperature, cfg.matryoshka_dims, cfg.matryoshka_weights,
-                                   labels=batch["labels"].to(device) if cfg.label_aware_negatives else None)
+        q = {k: v.to(device) for k, v in batch["query"].items()}
+        d = {k: v.to(device) for k, v in batch["docs"].items()}
+        in_batch, labels = batch["in_batch"].to(device), batch["labels"].to(device)
+
+        def loss_fn(q_emb: torch.Tensor, d_emb: torch.Tensor) -> torch.Tensor:
+            return matryoshka_info_nce(q_emb, d_emb, in_batch, cfg.num_hard_negatives, cfg.temperature,
+                                       cfg.matryoshka_dims, cfg.matryoshka_weights,
+                                       labels=labels if cfg.label_aware_negatives else None)
+
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.grad_cache_chunk_size:
+            loss = grad_cache_step(model, [q, d], loss_fn, cfg.grad_cache_chunk_size)
+        else:
+            loss = loss_fn(model(q["input_ids"], q["attention_mask"]), model(d["input_ids"], d["attention_mask"]))
+            loss.backward()
         optimizer.step()
         scheduler.step()
         step += 1
