@@ -71,14 +71,25 @@ def evaluate_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], 
         scorer = score_task.with_options(refresh_cache=True) if refresh else score_task
         futures = [scorer.submit(model_ref, c, data_dir, str(out), f"{label}-{c.tasks[0].name}", refresh)
                    for c in one]
-        summary = combine_summaries([f.result() for f in futures], model_ref)
+        for f in futures:
+            f.wait()
+        summary = combine_summaries([_marked_if_cached(f.state) for f in futures], model_ref)
     else:
         scorer = score_task.with_options(refresh_cache=True) if refresh else score_task
-        summary = scorer(model_ref, cfg, data_dir, str(out), label, refresh)
+        summary = _marked_if_cached(scorer(model_ref, cfg, data_dir, str(out), label, refresh, return_state=True))
     if not restore_outputs(summary, out):
         # Prefect's cache held the scores but kalm's results cache lost the files: compute again.
         summary = score_task.with_options(refresh_cache=True)(model_ref, cfg, data_dir, str(out), label, True)
     _publish_scores(label, model_ref, summary)
+    return summary
+
+
+def _marked_if_cached(state: Any) -> dict[str, Any]:
+    """The scores in a finished score state; a Prefect cache hit marks every task cached (the
+    persisted summary still says what was computed back when it was first scored)."""
+    summary = dict(state.result())
+    if state.name == "Cached":
+        summary["cached"] = list(summary["tasks"])
     return summary
 
 
