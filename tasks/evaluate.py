@@ -90,6 +90,7 @@ def _marked_if_cached(state: Any) -> dict[str, Any]:
     summary = dict(state.result())
     if state.name == "Cached":
         summary["cached"] = list(summary["tasks"])
+        summary["cached_by"] = "prefect"
     return summary
 
 

@@ -50,11 +50,12 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
     assert (runs / "r1" / "scores.png").exists()
 
     # A second run, same model and data: Prefect's cache answers with the persisted summary
-    # (had kalm's results cache answered instead, "cached" would list the tasks), and the new
-    # run folder still gets mteb's result files.
+    # (marked as such: every task cached, by Prefect), and the new run folder still gets mteb's
+    # result files.
     second = run("r2", fan_out=False)
     s2 = second["summary"]
-    assert s2["tasks"] == s1["tasks"] and s2["cached"] == []
+    assert s2["tasks"] == s1["tasks"] and sorted(s2["cached"]) == sorted(s1["tasks"])
+    assert s2["cached_by"] == "prefect" and "cached_by" not in s1
     files = sorted(p.name for p in (runs / "r2" / "evaluate" / "base" / "mteb").rglob("*.json"))
     assert files == ["STSBenchmark.json", "model_meta.json", "my_sts.json"]
     assert json.loads((runs / "r2" / "evaluate" / "base" / "summary.json").read_text())["tasks"] == s1["tasks"]
@@ -64,4 +65,5 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
     # Fan-out: one Prefect task per (model, task); new keys, so kalm's results cache serves them.
     third = run("r3", fan_out=True)["summary"]
     assert third["tasks"] == s1["tasks"] and sorted(third["cached"]) == ["STSBenchmark", "my_sts"]
+    assert "cached_by" not in third
     assert third["average"] == pytest.approx(s1["average"])
