@@ -37,6 +37,8 @@ def configure_prefect_home() -> None:
     PREFECT_API_URL themselves keep their choice.
     """
     os.environ.setdefault("PREFECT_HOME", str(KALM_DIR / "prefect"))
+    # Prefect creates its home without parents: on a fresh clone .kalm/ does not exist yet.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     # The demo needs no server: an ephemeral one is started in-process when no API URL is set.
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
     # The temporary server needs ~8 s on an idle 2-core machine; allow for a loaded one.

@@ -15,8 +15,9 @@ TINY = PROJECT / "tests" / "configs" / "tiny.yaml"
 
 
 def _kalm(home: Path, command: str, *args: str) -> dict:
-    env = {**os.environ, "KALM_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-           "KALM_CACHE": str(home / "cache"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "KALM_HOME": str(home), "KALM_CACHE": str(home.parent / "cache"), "PYTHONUNBUFFERED": "1"}
+    # As on a fresh clone: kalm derives Prefect's home from KALM_HOME and creates it.
+    env.pop("PREFECT_HOME", None)
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "kalm.cli", command, "--config", str(TINY), "--set", f"runs_dir={home / 'runs'}", *args],
@@ -32,12 +33,13 @@ def _kalm_run(home: Path, run_id: str, *extra: str) -> dict:
 
 @pytest.mark.slow
 def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
-    home = tmp_path_factory.mktemp("kalm-home")
+    # A home that does not exist yet, like .kalm/ in a fresh clone.
+    home = tmp_path_factory.mktemp("fresh-clone") / ".kalm"
     # Reuse the dequantized SmolLM2 from the project cache when present (saves ~35 s).
     project_cache = PROJECT / ".kalm" / "cache" / "models"
     if project_cache.is_dir():
-        (home / "cache").mkdir()
-        os.symlink(project_cache, home / "cache" / "models")
+        (home.parent / "cache").mkdir()
+        os.symlink(project_cache, home.parent / "cache" / "models")
 
     first = _kalm_run(home, "first")
     run = Path(first["run_dir"])
