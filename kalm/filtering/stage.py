@@ -67,15 +67,17 @@ def _filter_rows(cfg: FilterConfig, rows: list[dict[str, Any]], cache_dir: Path,
         pool = encoder.encode(pool_texts)
         q = encoder.encode(queries)
         index = build_index(pool, cfg.index)
-        # Extra hits make up for candidates skipped as the positive itself or copies of the query.
-        depth = max(cfg.top_k, cfg.negative_rank_end) + 8
-        scores, ids = search(index, q, depth, cfg.index.chunk_size)
         want = [max(0, cfg.num_negatives - len(r["negatives"])) for r in group]
         same_label = _positives_by_label(group, where)
-        exclude = [{where[t] for t in r["negatives"]} | same_label.get(_label(r), set()) for r in group]
+        exclude = [{where[t] for t in r["negatives"]} for r in group]
+        also_positive = [same_label.get(_label(r), set()) for r in group]
+        # Extra hits make up for candidates skipped as the positive itself, copies of the query
+        # and other right answers, so a positive outside the top-k is always seen to be there.
+        depth = max(cfg.top_k, cfg.negative_rank_end) + 8 + max(map(len, also_positive), default=0)
+        scores, ids = search(index, q, depth, cfg.index.chunk_size)
         judgements = judge_pool(q, pool, pool_texts, [where[r["positive"]] for r in group],
                                 [r["query"] for r in group], scores, ids, cfg.top_k, cfg.negative_rank_start,
-                                cfg.negative_rank_end, cfg.positive_margin, want, exclude)
+                                cfg.negative_rank_end, cfg.positive_margin, want, exclude, also_positive)
         for r, j in zip(group, judgements):
             meta = json.loads(r["metadata"] or "{}")
             meta.update(positive_rank=j.rank, positive_score=round(j.positive_score, 4))
