@@ -104,15 +104,16 @@ def test_classification_ranks_ignore_same_label_texts(shared_data, tmp_path, min
 
     inputs = read_examples(path).to_pylist()
     pool_texts = list(dict.fromkeys(t for r in inputs for t in [r["positive"], *r["negatives"]]))
-    label_of_positive: dict[str, set[str]] = {}
+    known_labels: dict[str, set[str]] = {}
     for r in inputs:
-        label_of_positive.setdefault(r["positive"], set()).add(json.loads(r["metadata"])["label"])
+        for text in (r["positive"], r["query"]):
+            known_labels.setdefault(text, set()).add(json.loads(r["metadata"])["label"])
     encoder = TeacherEncoder(minilm_ref, tmp_path / "cache")
     pool = encoder.encode(pool_texts)
     naive_kept = 0
     for r in kept + dropped:
         label = json.loads(r["metadata"])["label"]
-        same = {j for j, t in enumerate(pool_texts) if label in label_of_positive.get(t, set())}
+        same = {j for j, t in enumerate(pool_texts) if label in known_labels.get(t, set())}
         q = encoder.encode([r["query"]])[0]
         p = pool_texts.index(r["positive"])
         exact = brute_force_rank(q, pool, pool_texts, p, r["query"], same)
@@ -125,4 +126,4 @@ def test_classification_ranks_ignore_same_label_texts(shared_data, tmp_path, min
     for r in kept:
         label = json.loads(r["metadata"])["label"]
         mined = r["negatives"][1:]  # the first is the ingested other-label text
-        assert mined and not any(label in label_of_positive.get(n, set()) for n in mined)
+        assert mined and not any(label in known_labels.get(n, set()) for n in mined)

@@ -97,12 +97,17 @@ def _label(row: dict[str, Any]) -> Any:
 
 
 def _positives_by_label(group: list[dict[str, Any]], where: dict[str, int]) -> dict[Any, set[int]]:
-    """Classification data: candidates sharing an example's label are true positives, never its negatives."""
+    """Classification data: candidates sharing an example's label are true positives, never its negatives.
+
+    A candidate's label is known when it is some example's positive or query (every text of an
+    ingested classification set is the query of one example; negatives carry no label)."""
     out: dict[Any, set[int]] = defaultdict(set)
     for r in group:
         label = _label(r)
         if label is not None:
             out[label].add(where[r["positive"]])
+            if r["query"] in where:
+                out[label].add(where[r["query"]])
     return out
 
 
