@@ -97,7 +97,7 @@ def test_classification_ranks_ignore_same_label_texts(shared_data, tmp_path, min
     path = tmp_path / "banking.parquet"
     write_examples(map_classification(src, rows, random.Random(0)), path)
     cfg = FilterConfig(teacher=minilm_ref, top_k=5, num_negatives=3, negative_rank_start=0, negative_rank_end=30,
-                       use_instructions=False)
+                       use_instructions=False, drop_task_types=["classification"])
     run_filter(cfg, [path], tmp_path / "out", tmp_path / "cache")
     kept = read_examples(tmp_path / "out" / "kept.parquet").to_pylist()
     dropped = read_examples(tmp_path / "out" / "dropped.parquet").to_pylist()
@@ -127,3 +127,9 @@ def test_classification_ranks_ignore_same_label_texts(shared_data, tmp_path, min
         label = json.loads(r["metadata"])["label"]
         mined = r["negatives"][1:]  # the first is the ingested other-label text
         assert mined and not any(label in known_labels.get(n, set()) for n in mined)
+
+    # By default label-derived pairs are ranked and mined, never dropped.
+    default = run_filter(cfg.model_copy(update={"drop_task_types": FilterConfig().drop_task_types}), [path],
+                         tmp_path / "default", tmp_path / "cache")
+    assert default.counts["dropped"] == 0 and default.counts["kept"] == len(inputs)
+    assert default.counts["mined_negatives"] > 0

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from kalm.configbase import Strict
+from kalm.configbase import Strict, TaskType
 
 
 class IndexOptions(Strict):
@@ -27,6 +27,12 @@ class FilterConfig(Strict):
     max_seq_length: int = Field(256, ge=8)
     use_instructions: bool = Field(True, description="prepend each example's instruction to its query")
     top_k: int = Field(50, ge=1, description="keep an example when its positive ranks within top_k for its query")
+    drop_task_types: list[TaskType] = Field(
+        ["retrieval", "sts", "pair_classification", "reranking"],
+        description="task types whose inconsistent examples are dropped; the others are ranked and mined only. "
+                    "Classification/clustering pairs come from human labels: a positive the teacher ranks low is "
+                    "a fine-grained label the teacher misses, not a wrong pair, and dropping it removes the most "
+                    "informative examples (measured on Banking77: -0.011 with it dropped)")
     pool_scope: Literal["task", "global"] = Field("task", description="candidate pool: the example's task, or everything")
     num_negatives: int = Field(7, ge=0, description="hard negatives per example after mining")
     negative_rank_start: int = Field(30, ge=0, description="mined negatives come from ranks [start, end)")

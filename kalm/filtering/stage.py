@@ -82,7 +82,7 @@ def _filter_rows(cfg: FilterConfig, rows: list[dict[str, Any]], cache_dir: Path,
             meta = json.loads(r["metadata"] or "{}")
             meta.update(positive_rank=j.rank, positive_score=round(j.positive_score, 4))
             ranks.append(j.rank)
-            if j.kept:
+            if j.kept or r["task_type"] not in cfg.drop_task_types:
                 mined = [pool_texts[m] for m in j.mined]
                 meta["mined_negatives"] = len(mined)
                 kept.append({**r, "negatives": (list(r["negatives"]) + mined)[:max(cfg.num_negatives, len(r["negatives"]))],
