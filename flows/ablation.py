@@ -45,8 +45,9 @@ def ablation(config: str = "cpu-demo", variants: Optional[list[str]] = None,
     seconds: dict[str, float] = {}
     for name in chosen:
         start = time.perf_counter()
+        # Variants are experiments: they are scored against the current model but never promoted.
         summary = retrain(config=config, run_id=f"{ablation_id}-{name}",
-                          overrides={**(overrides or {}), **VARIANTS[name][0]})
+                          overrides={**(overrides or {}), "evaluate.promote": False, **VARIANTS[name][0]})
         seconds[name] = time.perf_counter() - start
         if "base" not in scores and "base" in summary["scores"]:
             scores["base (no training)"] = summary["scores"]["base"]

@@ -85,3 +85,6 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
     assert no_hn["filter"]["status"] == "cached" and no_hn["train"]["status"] == "done"
     table = (runs / "ab" / "ablation.md").read_text()
     assert "no-hard-negatives" in table and (runs / "ab" / "ablation.png").stat().st_size > 1000
+    # Variants are compared with the current model but never promoted over it.
+    assert full["gate"]["promoted"] is False and "promotion is off" in full["gate"]["reason"]
+    assert json.loads((runs / "promoted.json").read_text())["current"]["run_id"] == "second"

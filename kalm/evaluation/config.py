@@ -30,6 +30,8 @@ class EvaluateConfig(Strict):
     matryoshka_dim: Optional[int] = Field(None, ge=1, description="evaluate embeddings truncated to this size")
     baselines: list[str] = Field(default_factory=list, description="model references scored beside the run")
     gate_margin: float = Field(0.005, ge=0, description="promote unless average drops more than this below the current model")
+    promote: bool = Field(True, description="record a model that passes the gate as the current one; "
+                                            "off for ablation variants, which compare but never promote")
     evaluate_base: bool = True
     instructions: dict[str, str] = Field(
         default_factory=dict,

@@ -32,7 +32,7 @@ class FilterConfig(Strict):
         description="task types whose inconsistent examples are dropped; the others are ranked and mined only. "
                     "Classification/clustering pairs come from human labels: a positive the teacher ranks low is "
                     "a fine-grained label the teacher misses, not a wrong pair, and dropping it removes the most "
-                    "informative examples (measured on Banking77: -0.011 with it dropped)")
+                    "informative examples (CPU demo, Banking77: 0.8068 with them dropped, 0.8186 kept)")
     pool_scope: Literal["task", "global"] = Field("task", description="candidate pool: the example's task, or everything")
     num_negatives: int = Field(7, ge=0, description="hard negatives per example after mining")
     negative_rank_start: int = Field(30, ge=0, description="mined negatives come from ranks [start, end)")
