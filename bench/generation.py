@@ -7,11 +7,13 @@ validation, language check, Parquet shards, cross-shard dedup, stats) on fresh c
 the model already loaded and Prefect's ephemeral server already up (one-time costs of a
 process, not of the stage). Every backend call it makes is recorded. The baseline replays
 exactly those calls (chats, JSON schema, token limit) through a bare loop: chat template,
-left-padded batch, ``model.generate`` with xgrammar's HF logits processor, decode; no
-validation, no I/O. Both decode greedily, so they write the same tokens.
+left-padded batch, ``model.generate`` with the same logits processing (xgrammar's mask and
+the n-gram ban), decode; no validation, no I/O, no Prefect. Both decode greedily, so they
+write the same tokens (checked: "identical outputs").
 
 Metric: prompts/s (ours = prompts / stage wall time; baseline = prompts / loop wall time);
-ratio = ours / baseline, goal >= 0.95. Also prints the JSON validity rate, the example
+ratio = ours / baseline, goal >= 0.95. Each side runs ``--repeats`` times,
+alternating, and its best time counts (the second stage run refreshes Prefect's cache). Also prints the JSON validity rate, the example
 acceptance rate and the drop reasons. Last line: {"metric", "ours", "baseline", "ratio"}.
 """
 
@@ -37,17 +39,28 @@ class Recorder:
     """Wraps a backend and records every call, so the baseline can replay the same prompts."""
 
     def __init__(self, backend):
-        self.backend, self.calls = backend, []
+        self.backend, self.calls, self.outputs = backend, [], []
+
+    seconds = 0.0
 
     def generate(self, chats, schema, max_new_tokens, temperature, seed):
         self.calls.append((chats, schema, max_new_tokens))
-        return self.backend.generate(chats, schema, max_new_tokens, temperature, seed)
+        t = time.perf_counter()
+        out = self.backend.generate(chats, schema, max_new_tokens, temperature, seed)
+        self.seconds += time.perf_counter() - t
+        self.outputs += out
+        return out
 
 
 def raw_loop(model, tokenizer, compiler, calls, batch_size: int, no_repeat_ngram_size: int) -> tuple[int, list[str]]:
-    """The baseline: what anyone would write with transformers + xgrammar, nothing else."""
+    """The baseline: the bare decoding loop, nothing else. Its logits processing is the stage's
+    (xgrammar's mask, then the n-gram ban, guarded): with the ban before the mask as
+    ``generate(no_repeat_ngram_size=...)`` applies it, a row whose every legal token is banned
+    picks an illegal one and xgrammar asserts (seen on this benchmark's prompts)."""
     import torch
-    import xgrammar as xgr
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from kalm.synth.backends.hf import _guarded_processor
 
     outputs, n = [], 0
     for chats, schema, max_new_tokens in calls:
@@ -56,11 +69,11 @@ def raw_loop(model, tokenizer, compiler, calls, batch_size: int, no_repeat_ngram
             prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                        for c in chats[i:i + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            bans = [NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)] if no_repeat_ngram_size else []
             with torch.inference_mode():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                      top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                                     no_repeat_ngram_size=no_repeat_ngram_size,
-                                     logits_processor=[xgr.contrib.hf.LogitsProcessor(grammar)])
+                                     logits_processor=[_guarded_processor(grammar, bans)])
             outputs += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             n += len(prompts)
     return n, outputs
@@ -73,6 +86,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--personas-per-shard", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each side; the best time counts")
     args = ap.parse_args()
 
     from tasks.common import configure_prefect_home
@@ -102,21 +116,36 @@ def main() -> int:
     warmup()
     backend.generate([[{"role": "user", "content": "Say hi in JSON."}]], {"type": "object"}, 8, 0.0, 0)  # warm kernels
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    # Both sides run the same work `repeats` times, alternating, and keep their best time:
+    # on 2 shared cores a single run of either moves by ~10 %.
+    ours_s = base_s = float("inf")
+    calls = None
+    for r in range(args.repeats):
+        recorder.calls, recorder.outputs, recorder.seconds = [], [], 0.0
+        with tempfile.TemporaryDirectory() as tmp, temporary_settings({PREFECT_TASKS_REFRESH_CACHE: r > 0}):
+            t = time.perf_counter()
+            result = tg.generate_stage(cfg, tmp)
+            ours_s = min(ours_s, time.perf_counter() - t)
+        calls = calls or recorder.calls
+        assert recorder.calls == calls, "the stage's prompts changed between repeats"
+        stats = result.info["stats"]
+        prompts = sum(len(c[0]) for c in recorder.calls)
+        print(f"ours, run {r + 1}: {prompts} prompts in {time.perf_counter() - t:.1f} s (backend calls "
+              f"{recorder.seconds:.1f} s, the rest {time.perf_counter() - t - recorder.seconds:.1f} s); "
+              f"{stats['accepted']} examples kept", flush=True)
+
         t = time.perf_counter()
-        result = tg.generate_stage(cfg, tmp)
-        ours_s = time.perf_counter() - t
-    stats = result.info["stats"]
-    prompts = sum(len(c[0]) for c in recorder.calls)
-    print(f"ours: {prompts} prompts in {ours_s:.1f} s; {stats['accepted']} examples kept "
-          f"({stats['accepted'] / ours_s:.3f} examples/s)", flush=True)
+        n, raws = raw_loop(backend.model, backend.tokenizer, backend.compiler, calls, args.batch_size,
+                           cfg.no_repeat_ngram_size)
+        base_s = min(base_s, time.perf_counter() - t)
+        print(f"baseline, run {r + 1}: {n} prompts in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"best of {args.repeats}: ours {ours_s:.1f} s ({stats['accepted'] / ours_s:.3f} examples/s), "
+          f"baseline {base_s:.1f} s")
 
-    t = time.perf_counter()
-    n, raws = raw_loop(backend.model, backend.tokenizer, backend.compiler, recorder.calls, args.batch_size,
-                       cfg.no_repeat_ngram_size)
-    base_s = time.perf_counter() - t
-    print(f"baseline: {n} prompts in {base_s:.1f} s", flush=True)
-
+    same = sum(a == b for a, b in zip(recorder.outputs, raws))
+    print(f"identical outputs (ours vs baseline): {same}/{n}")
     valid = sum(parse(r, dict_model(schema))[0] is not None
                 for (chats, schema, _), r in zip(_flatten(recorder.calls), raws))
     example_prompts = sum(len(c[0]) for c in recorder.calls if "query" in c[1]["properties"])

@@ -44,6 +44,9 @@ def configure_prefect_home() -> None:
     # The temporary server needs ~8 s on an idle 2-core machine; allow for a loaded one.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", os.environ.get("KALM_LOG_LEVEL", "INFO"))
+    # The temporary server's telemetry heartbeat writes to its SQLite database while the run does,
+    # and logs a "database is locked" traceback at ERROR when they collide; it sends nothing useful here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def results_dir() -> Path:

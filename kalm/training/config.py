@@ -45,6 +45,9 @@ class TrainConfig(Strict):
     matryoshka_weights: list[float] = Field(default_factory=list)
     sampler: Literal["semi_homogeneous", "random", "homogeneous"] = "semi_homogeneous"
     homogeneous_share: float = Field(0.8, ge=0, le=1, description="share of each batch taken from one task")
+    group_by_length: bool = Field(False, description="batches of like-length examples (windows of "
+                                                     "length_window batches sorted by length): less padding")
+    length_window: int = Field(50, ge=1, description="batches per length-sorted window")
     in_batch_negatives_for: list[str] = Field(
         default_factory=lambda: ["retrieval", "sts", "pair_classification", "reranking"],
         description="task types whose other in-batch documents count as negatives",

@@ -108,6 +108,14 @@ class Collator:
                 negs.append(other)
         return negs
 
+    def lengths(self) -> list[int]:
+        """Tokens of each example's longest text (query with instruction, positive, own negatives)."""
+        if self.table is None:
+            raise ValueError("example lengths need the token table: construct the Collator with pretokenize=True")
+        ids, index = self.table.ids, self.table.index
+        return [max(len(ids[index[t]]) for t in [self.query_text(r), r["positive"], *(r.get("negatives") or [])])
+                for r in self.rows]
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.table is not None:
             return self.table.batch(texts)

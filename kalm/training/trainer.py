@@ -73,8 +73,6 @@ def run_training(cfg: TrainConfig, model_path: str, inputs: Sequence[Path], out:
     model: torch.nn.Module = embedder
     if world > 1:
         model = wrap_distributed(embedder, cfg, device)
-    sampler = TaskBatchSampler([task_key(r) for r in rows], cfg.batch_size, cfg.sampler, cfg.homogeneous_share,
-                               cfg.seed)
     # Tokenize every text once into an Arrow table beside the checkpoints: rank 0 writes it,
     # the other ranks (and a resumed run) read it.
     if rank == 0:
@@ -82,6 +80,9 @@ def run_training(cfg: TrainConfig, model_path: str, inputs: Sequence[Path], out:
     _barrier()
     if rank != 0:
         collate = Collator(tokenizer, cfg, rows, cache_dir=out / "tokens")
+    sampler = TaskBatchSampler([task_key(r) for r in rows], cfg.batch_size, cfg.sampler, cfg.homogeneous_share,
+                               cfg.seed, lengths=collate.lengths() if cfg.group_by_length else None,
+                               length_window=cfg.length_window)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     from transformers import get_linear_schedule_with_warmup
