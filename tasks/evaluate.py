@@ -139,17 +139,10 @@ def gate_task(cfg: EvaluateConfig, scores: Optional[dict[str, Any]], model_path:
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
-    from kalm.evaluation.gate import current_model, decide, gate, registry_path
+    from kalm.evaluation.gate import gate
 
-    if cfg.promote:
-        decision = gate(scores, model_path, Path(run_dir).name, Path(runs_dir), cfg.gate_margin,
-                        fingerprint=(scores or {}).get("fingerprint"))
-    else:  # judged against the current model, recorded nowhere
-        current = current_model(Path(runs_dir))
-        would = decide(scores, current, cfg.gate_margin)
-        decision = {**would, "promoted": False, "would_promote": would["promoted"],
-                    "reason": f"promotion is off (evaluate.promote: false); the gate says: {would['reason']}",
-                    "registry": str(registry_path(Path(runs_dir))), "current_run": (current or {}).get("run_id")}
+    decision = gate(scores, model_path, Path(run_dir).name, Path(runs_dir), cfg.gate_margin,
+                    fingerprint=(scores or {}).get("fingerprint"), promote=cfg.promote)
     logger = get_run_logger()
     (logger.info if decision["promoted"] else logger.warning)(decision["reason"])
     create_markdown_artifact(markdown=f"## Quality gate\n\n**{'promoted' if decision['promoted'] else 'not promoted'}**"

@@ -114,6 +114,19 @@ def test_gate_compares_only_shared_tasks_and_reruns_are_idempotent(tmp_path):
     assert load_registry(tmp_path)["current"]["run_id"] == "b"
 
 
+def test_gate_without_promotion_judges_but_writes_nothing(tmp_path):
+    gate(summary({"STSBenchmark": 0.80}), "m1", "a", tmp_path, 0.0)
+    before = (tmp_path / "promoted.json").read_text()
+    better = gate(summary({"STSBenchmark": 0.85}), "m2", "b", tmp_path, 0.0, promote=False)
+    assert not better["promoted"] and better["would_promote"] and better["current_run"] == "a"
+    assert better["reason"].startswith("promotion is off") and "promoted: average 0.8500" in better["reason"]
+    worse = gate(summary({"STSBenchmark": 0.70}), "m3", "c", tmp_path, 0.0, promote=False)
+    assert not worse["promoted"] and not worse["would_promote"]
+    assert (tmp_path / "promoted.json").read_text() == before  # registry untouched
+    assert not gate(summary({"STSBenchmark": 0.9}), "m4", "d", tmp_path / "empty", 0.0, promote=False)["promoted"]
+    assert not (tmp_path / "empty" / "promoted.json").exists()
+
+
 def test_gate_edge_cases(tmp_path):
     assert not decide(None, None, 0.01)["promoted"]
     assert not decide({"tasks": {"a": float("nan")}}, None, 0.01)["promoted"]

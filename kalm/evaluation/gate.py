@@ -92,11 +92,15 @@ def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], 
 
 
 def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_dir: Path, margin: float,
-         fingerprint: Optional[str] = None) -> dict[str, Any]:
+         fingerprint: Optional[str] = None, promote: bool = True) -> dict[str, Any]:
     """Decide, record the decision in the registry, and on promotion make this model the current one.
 
     Rerunning the gate for a run already recorded replaces that run's earlier decision (a cached
     rerun of the same run must not stack duplicates or compare the run with itself).
+
+    With ``promote=False`` (an ablation or a trial run) the model is judged by the same rule but
+    nothing is written: the answer says ``promoted: False`` and what the rule would have decided
+    (``would_promote``).
     """
     with _lock:
         reg = load_registry(runs_dir)
@@ -106,6 +110,10 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             earlier = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") != run_id]
             current = earlier[-1] if earlier else None
         decision = decide(scores, current, margin)
+        if not promote:
+            return {**decision, "promoted": False, "would_promote": decision["promoted"],
+                    "reason": f"promotion is off (evaluate.promote: false); the gate says: {decision['reason']}",
+                    "registry": str(registry_path(runs_dir)), "current_run": (reg["current"] or {}).get("run_id")}
         entry = {"run_id": run_id, "model": str(model_path), "fingerprint": fingerprint,
                  "scores": {"tasks": _valid(scores), "average": (scores or {}).get("average")},
                  "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **decision}

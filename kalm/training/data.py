@@ -87,8 +87,11 @@ class Collator:
         self.tok, self.cfg, self.rows = tokenizer, cfg, rows
         self.table: Optional[TokenTable] = None
         if pretokenize:
-            texts = [self.query_text(r) for r in rows] + [t for r in rows for t in [r["positive"], *(r.get("negatives") or [])]]
-            self.table = TokenTable(tokenizer, texts, cfg.max_length, cache_dir)
+            self.table = TokenTable(tokenizer, [t for r in rows for t in self.texts(r)], cfg.max_length, cache_dir)
+
+    def texts(self, row: dict[str, Any]) -> list[str]:
+        """Every text of an example as written: query with instruction, positive, own negatives."""
+        return [self.query_text(row), row["positive"], *(row.get("negatives") or [])]
 
     def query_text(self, row: dict[str, Any]) -> str:
         if self.cfg.use_instructions and row.get("instruction"):
@@ -113,8 +116,7 @@ class Collator:
         if self.table is None:
             raise ValueError("example lengths need the token table: construct the Collator with pretokenize=True")
         ids, index = self.table.ids, self.table.index
-        return [max(len(ids[index[t]]) for t in [self.query_text(r), r["positive"], *(r.get("negatives") or [])])
-                for r in self.rows]
+        return [max(len(ids[index[t]]) for t in self.texts(r)) for r in self.rows]
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.table is not None:

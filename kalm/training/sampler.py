@@ -68,10 +68,10 @@ class TaskBatchSampler:
         if self.mode == "random":
             order = list(range(len(self.tasks)))
             rng.shuffle(order)
-            batches = [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
-            if self.lengths is not None:
-                batches = self._length_grouped(order, len(batches) * B)
-                rng.shuffle(batches)
+            if self.lengths is None:
+                return [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
+            batches = self._length_grouped(order, len(order) // B * B)
+            rng.shuffle(batches)
             return batches
         by_task: dict[str, list[int]] = defaultdict(list)
         for i, t in enumerate(self.tasks):
