@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 
 import pytest
 
@@ -55,3 +57,46 @@ def test_greedy_shards_are_reproducible(tmp_path):
     b = generate_shard(cfg, personas, 0, tmp_path / "b", backend)
     assert a.hashes == b.hashes
     assert a.counts["prompts"] == 2
+
+
+CORPUS = ["The new bridge will open to traffic next spring after two years of work.",
+          "Add the flour slowly and whisk until the batter is smooth.",
+          "Our quarterly revenue grew 12 percent, driven by cloud subscriptions.",
+          "The patient presented with a persistent dry cough and mild fever.",
+          "Striker scores twice as the home side comes back to win 3-2.",
+          "Water the tomato seedlings every morning and keep them in full sun.",
+          "The court ruled that the contract was void from the start.",
+          "Compile the kernel with debugging symbols to trace the crash.",
+          "A rare comet will be visible to the naked eye this weekend.",
+          "Students must submit their essays on the French Revolution by Friday.",
+          "The museum reopens with a show of early Dutch landscape paintings.",
+          "Interest rates were left unchanged at the central bank's meeting."]
+
+
+def test_text_to_persona_fills_num_personas_in_corpus_order(tmp_path, caplog):
+    """Personas derived from a corpus by the real SmolLM2: PersonaHub-style, distinct,
+    reproducible, and as many as asked when the corpus has them; asking for more extends the list
+    (finished shards stay cached)."""
+    import logging
+
+    from kalm.synth.backends import make_backend
+    from kalm.synth.personas import load_personas
+    from kalm.synth.validate import check_persona
+
+    corpus = tmp_path / "corpus.jsonl"
+    # The first text six times: the first round (2 x num_personas texts) finds one persona there,
+    # so later rounds must read on.
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [CORPUS[0]] * 6 + CORPUS[1:]))
+    cfg = GenerateConfig(personas=PersonaSource(seed_corpus=corpus, num_personas=2), max_new_tokens=64)
+    backend = make_backend(cfg)
+    with caplog.at_level(logging.INFO, logger="kalm.synth.personas"):
+        two = load_personas(cfg, backend)
+    assert re.search(r"(\d+) texts read, 2 distinct personas kept", caplog.text)
+    assert int(re.search(r"(\d+) texts read", caplog.text).group(1)) > 4  # a second round ran
+    assert two == load_personas(cfg, backend)  # greedy: the same personas every time
+    assert len(two) == len(set(two)) == 2 and all(check_persona(p) is None for p in two)
+    more = load_personas(cfg.model_copy(update={"personas": cfg.personas.model_copy(update={"num_personas": 4})}),
+                         backend)
+    assert len(more) == len(set(more)) == 4 and more[:2] == two
+    with pytest.raises(ValueError, match="needs the LLM backend"):
+        load_personas(cfg)

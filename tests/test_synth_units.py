@@ -24,6 +24,21 @@ def test_personas_from_file_are_deduplicated_and_sampled_reproducibly(tmp_path):
     assert set(other) != set(a) or other != a
 
 
+def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
+    from kalm.synth.validate import check_persona, persona_schema
+
+    # Real SmolLM2-135M answers to the text-to-persona prompt without the persona pattern.
+    for bad in ["<NAME> (2016)", "{{name}}", "<unknown>", "[Comptroller of the Bank of Texas]",
+                "<em>A pharmacist explaining medication</em>", "} A person is writing or reading the text. The answer is {",
+                "a woman", "an outfielder"]:
+        assert check_persona(bad) == "not_a_persona", bad
+    # ... and with it (the pattern goes into the JSON schema the decoder is held to).
+    for good in ["a person with a background in drone operations", "a man with a laptop",
+                 "an old man with a scarf", "a   person who loves  to read"]:
+        assert check_persona(good) is None, good
+    assert persona_schema()["properties"]["persona"]["pattern"].startswith("^(a|an) ")
+
+
 def test_bad_persona_file_names_line_and_fix(tmp_path):
     from kalm.synth.personas import load_personas
 

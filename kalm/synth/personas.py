@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from kalm.synth.config import GenerateConfig
 
+log = logging.getLogger(__name__)
 SEED_PERSONAS = Path(__file__).parent / "personas" / "seed.jsonl"
 
 
@@ -54,13 +57,34 @@ def load_personas(cfg: GenerateConfig, backend=None) -> list[str]:
 
 
 def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list[str]:
-    """Text-to-persona (PersonaHub): the LLM names who would write or read each text."""
+    """Text-to-persona (PersonaHub): the LLM names who would write or read each text.
+
+    The corpus is read in order, in rounds, until ``num_personas`` distinct personas are found or
+    it runs out: answers that are not a persona are dropped (``check_persona``) and many texts
+    share a persona, so one pass over ``2 * num_personas`` texts can fall short. The first
+    round is always those ``2 * num_personas`` texts, later rounds are sized by the yield so far;
+    the result keeps the first ``num_personas`` in corpus order, so growing ``num_personas``
+    extends the list instead of reshuffling it (finished shards stay cached).
+    """
     from kalm.synth.prompts import render
-    from kalm.synth.validate import PersonaAnswer, json_schema, parse
+    from kalm.synth.validate import PersonaAnswer, check_persona, parse, persona_schema
 
     if backend is None:
         raise ValueError("deriving personas from generate.personas.seed_corpus needs the LLM backend")
-    texts = texts[: cfg.personas.num_personas * 2]
-    chats = [[{"role": "user", "content": render(cfg, "persona", text=t[:1000])}] for t in texts]
-    raws = backend.generate(chats, json_schema(PersonaAnswer), 64, 0.0, cfg.seed)
-    return [a.persona for a, _ in (parse(r, PersonaAnswer) for r in raws) if a is not None]
+    want, found, used, rejected = cfg.personas.num_personas, {}, 0, Counter()
+    while len(found) < want and used < len(texts):
+        need = want - len(found)
+        take = 2 * want if used == 0 else -(-need * used // max(len(found), 1)) * 5 // 4 + 1
+        batch = texts[used:used + take]
+        used += len(batch)
+        chats = [[{"role": "user", "content": render(cfg, "persona", text=t[:1000])}] for t in batch]
+        for raw in backend.generate(chats, persona_schema(), 64, 0.0, cfg.seed):
+            answer, reason = parse(raw, PersonaAnswer)
+            reason = reason or check_persona(answer.persona)
+            if reason is None:
+                found.setdefault(" ".join(answer.persona.split()), None)
+            else:
+                rejected[reason] += 1
+    log.info("text-to-persona: %d texts read, %d distinct personas kept, rejected: %s",
+             used, min(len(found), want), dict(rejected) or "none")
+    return list(found)[:want]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
@@ -26,6 +27,25 @@ class ExampleAnswer(BaseModel):
 
 class PersonaAnswer(BaseModel):
     persona: str
+
+
+# PersonaHub's form: "a nurse working night shifts ...". Decoding is held to it because, left to
+# fill a free JSON string, SmolLM2-135M answered 0 of 40 texts with a persona ("<NAME> (2016)",
+# "{{name}}", "<unknown>"); held to it, 38 of 40 read as one. Servers that ignore the pattern
+# are checked after the fact (check_persona).
+PERSONA_PATTERN = r"(a|an) [a-z][a-z ,'-]*"
+
+
+def persona_schema() -> dict[str, Any]:
+    schema = json_schema(PersonaAnswer)
+    schema["properties"]["persona"]["pattern"] = f"^{PERSONA_PATTERN}$"
+    return schema
+
+
+def check_persona(persona: str) -> Optional[str]:
+    """"not_a_persona" unless it reads as PersonaHub's "a/an <who>" with at least three words."""
+    text = " ".join(persona.split())
+    return None if re.fullmatch(PERSONA_PATTERN, text) and len(text.split()) >= 3 else "not_a_persona"
 
 
 def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict[str, Any]:
