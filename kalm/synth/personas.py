@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from kalm.synth.config import GenerateConfig
+from kalm.synth.validate import normalize_persona
 
 log = logging.getLogger(__name__)
 SEED_PERSONAS = Path(__file__).parent / "personas" / "seed.jsonl"
+ROUND_SLACK = 1.25  # a later text-to-persona round reads 25 % more texts than the yield so far says it needs
 
 
 def _read_jsonl_field(path: Path, field: str) -> list[str]:
@@ -50,7 +53,7 @@ def load_personas(cfg: GenerateConfig, backend=None) -> list[str]:
         personas = personas_from_corpus(cfg, _corpus_texts(src.seed_corpus), backend)
     else:
         personas = _read_jsonl_field(SEED_PERSONAS, "persona")
-    unique = list(dict.fromkeys(" ".join(p.split()) for p in personas if p.strip()))
+    unique = list(dict.fromkeys(normalize_persona(p) for p in personas if p.strip()))
     if len(unique) > src.num_personas:
         unique = random.Random(src.seed).sample(unique, src.num_personas)
     return unique
@@ -74,7 +77,8 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list
     want, found, used, rejected = cfg.personas.num_personas, {}, 0, Counter()
     while len(found) < want and used < len(texts):
         need = want - len(found)
-        take = 2 * want if used == 0 else -(-need * used // max(len(found), 1)) * 5 // 4 + 1
+        texts_per_persona = used / max(len(found), 1)  # the yield so far
+        take = 2 * want if used == 0 else math.ceil(need * texts_per_persona * ROUND_SLACK) + 1
         batch = texts[used:used + take]
         used += len(batch)
         chats = [[{"role": "user", "content": render(cfg, "persona", text=t[:1000])}] for t in batch]
@@ -82,7 +86,7 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list
             answer, reason = parse(raw, PersonaAnswer)
             reason = reason or check_persona(answer.persona)
             if reason is None:
-                found.setdefault(" ".join(answer.persona.split()), None)
+                found.setdefault(normalize_persona(answer.persona), None)
             else:
                 rejected[reason] += 1
     log.info("text-to-persona: %d texts read, %d distinct personas kept, rejected: %s",

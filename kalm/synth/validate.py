@@ -42,9 +42,14 @@ def persona_schema() -> dict[str, Any]:
     return schema
 
 
+def normalize_persona(persona: str) -> str:
+    """One spelling per persona (whitespace collapsed): the form that is checked, counted and kept."""
+    return " ".join(persona.split())
+
+
 def check_persona(persona: str) -> Optional[str]:
     """"not_a_persona" unless it reads as PersonaHub's "a/an <who>" with at least three words."""
-    text = " ".join(persona.split())
+    text = normalize_persona(persona)
     return None if re.fullmatch(PERSONA_PATTERN, text) and len(text.split()) >= 3 else "not_a_persona"
 
 
