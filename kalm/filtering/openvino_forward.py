@@ -64,6 +64,10 @@ class OpenVINOForward:
         probe = model.preprocess(["probe text", "a"])
         self.names = [k for k, v in probe.items() if hasattr(v, "dim") and v.dim() == 2]
         self.constants = {k: v for k, v in probe.items() if k not in self.names}
+        varying = [k for k, v in self.constants.items() if hasattr(v, "dim")]
+        if varying or "input_ids" not in self.names:
+            raise ValueError(f"filter.runtime 'openvino' runs text models fed [batch, tokens] tensors; this teacher's "
+                             f"inputs {sorted(probe)} are not: set filter.runtime to 'torch'")
         ir = Path(ir_dir) / ov.__version__.split("-")[0] / "model.xml"  # converted by, and for, this OpenVINO
         self.converted = not ir.exists()
         if self.converted:
