@@ -16,13 +16,12 @@ sends anonymous usage telemetry unless opted out (``opt_in_out --opt_out``; the 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from kalm.store import atomic_path
 
 
 def available() -> bool:
@@ -86,17 +85,11 @@ class OpenVINOForward:
             graph = ov.convert_model(module, example_input=tuple(probe[k] for k in self.names))
         for port, name in zip(graph.inputs, self.names):
             port.get_tensor().set_names({name})
-        # Written whole into a temporary folder, then renamed: a killed run leaves no half IR.
-        ir.parent.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=ir.parent.parent, prefix=".openvino-"))
-        try:
+        if ir.exists():  # another process finished first: its IR is the same
+            return
+        with atomic_path(ir.parent) as tmp:  # a killed run leaves no half IR
+            tmp.mkdir()
             ov.save_model(graph, str(tmp / ir.name), compress_to_fp16=False)  # fp16 weights would change scores
-            try:
-                os.replace(tmp, ir.parent)
-            except OSError:  # another process finished first: its IR is the same
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Sentence embeddings as the model outputs them (normalised only if it has a Normalize module)."""
