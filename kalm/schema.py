@@ -4,6 +4,13 @@ Every stage reads and writes Parquet files with exactly these columns, so the ou
 any stage loads with ``datasets.load_dataset("parquet", data_files=...)`` and any stage
 can take any other's output. ``metadata`` is a JSON object serialized to a string so that
 free-form keys never change the Arrow schema.
+
+Large outputs are *sharded*: a folder named like a file (``kept.parquet/``, as Spark and
+pyarrow datasets lay them out) holding ``part-00000.parquet``, ``part-00001.parquet``, ... of
+at most ``rows_per_shard`` rows each, written by :class:`ShardWriter` (the folder appears in
+one rename when complete). ``pyarrow.parquet.read_table("kept.parquet")`` and
+``datasets.load_dataset("parquet", data_files="kept.parquet/*.parquet")`` read it whole;
+:func:`read_batches` streams it in record batches so memory never grows with the dataset.
 """
 
 from __future__ import annotations
@@ -111,9 +118,9 @@ def write_examples(examples: Iterable[Example | dict[str, Any]] | pa.Table, path
 
 
 def read_examples(paths: Path | Iterable[Path]) -> pa.Table:
-    """Read one or more Parquet shards into one table in the schema."""
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-    tables = [check_table(pq.read_table(p), str(p)) for p in paths]
+    """Read Parquet files or shard folders into one table in the schema (small data only:
+    large inputs are streamed with :func:`read_batches`)."""
+    tables = [check_table(pq.read_table(p), str(p)) for p in shard_files(paths)]
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables)
@@ -130,3 +137,118 @@ def load_dataset(paths: Iterable[Path]):
     import datasets
 
     return datasets.load_dataset("parquet", data_files=[str(p) for p in paths], split="train")
+
+
+# ---------------------------------------------------------------- shards
+ROWS_PER_SHARD = 100_000
+SHARD_GLOB = "part-*.parquet"
+
+
+def shard_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
+    """Parquet files of ``paths``: a file stays itself, a shard folder gives its ``part-*.parquet`` in order.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (named, with what to do).
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(p.glob(SHARD_GLOB))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such Parquet file or shard folder (was the stage that writes it "
+                                    "run, or its run folder deleted?)")
+    return out
+
+
+def count_rows(paths: Path | Iterable[Path]) -> int:
+    """Rows in Parquet files / shard folders, from their footers (no data read)."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files(paths))
+
+
+def read_batches(paths: Path | Iterable[Path], batch_size: int = 65_536,
+                 columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+    """Stream Parquet files / shard folders as record batches of at most ``batch_size`` rows.
+
+    Memory holds one batch (plus one Parquet row group being decoded), whatever the data size.
+    """
+    for p in shard_files(paths):
+        yield from pq.ParquetFile(p).iter_batches(batch_size=batch_size, columns=columns)
+
+
+class ShardWriter:
+    """Writes example batches as a shard folder: ``<folder>/part-00000.parquet``, ... (``rows_per_shard`` each).
+
+    The shards are written in a temporary folder beside ``folder`` that replaces it in one
+    rename on success (a killed run leaves the previous folder, never a partial one); on an
+    error nothing is left behind. Every batch is cast to the example schema (missing or
+    mistyped columns fail, naming ``folder``). A writer that received no rows still writes one
+    empty shard, so readers always find the schema.
+
+    Example::
+
+        with ShardWriter(out / "kept.parquet", rows_per_shard=100_000) as w:
+            for batch in read_batches(inputs):
+                w.write(batch)
+        w.files    # [out/kept.parquet/part-00000.parquet, ...]
+    """
+
+    def __init__(self, folder: Path, rows_per_shard: int = ROWS_PER_SHARD):
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        self.folder = Path(folder)
+        self.rows_per_shard = rows_per_shard
+        self.rows = 0
+        self.files: list[Path] = []
+        self._ctx = None
+        self._tmp: Optional[Path] = None
+        self._writer: Optional[pq.ParquetWriter] = None
+        self._in_shard = 0
+        self._names: list[str] = []
+
+    def __enter__(self) -> "ShardWriter":
+        self._ctx = atomic_path(self.folder)
+        self._tmp = self._ctx.__enter__()
+        self._tmp.mkdir()
+        return self
+
+    def _open_shard(self) -> None:
+        name = f"part-{len(self._names):05d}.parquet"
+        self._names.append(name)
+        self._writer = pq.ParquetWriter(self._tmp / name, SCHEMA)
+        self._in_shard = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch | Iterable[Example | dict[str, Any]]) -> None:
+        """Append rows (a table, a record batch, or examples/dicts) in the example schema."""
+        if self._tmp is None:
+            raise RuntimeError("ShardWriter.write outside its 'with' block")
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        elif not isinstance(data, pa.Table):
+            data = to_table(data)
+        table = check_table(data, str(self.folder))
+        offset = 0
+        while offset < table.num_rows:
+            if self._writer is None or self._in_shard >= self.rows_per_shard:
+                if self._writer is not None:
+                    self._writer.close()
+                self._open_shard()
+            take = min(self.rows_per_shard - self._in_shard, table.num_rows - offset)
+            self._writer.write_table(table.slice(offset, take))
+            self._in_shard += take
+            self.rows += take
+            offset += take
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None and self._writer is None:
+                self._open_shard()  # an empty dataset is still a dataset with a schema
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._ctx.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.files = [self.folder / n for n in self._names]
+        return False

@@ -40,3 +40,34 @@ def test_foreign_table_missing_columns_is_named(tmp_path):
     pq.write_table(pa.table({"query": ["q"]}), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match=r"bad\.parquet: missing columns \['id', 'task_type'"):
         read_examples(tmp_path / "bad.parquet")
+
+
+def test_shard_writer_bounds_shards_and_streams_back(tmp_path):
+    import pyarrow.parquet as pq
+
+    from kalm.schema import ShardWriter, count_rows, read_batches, shard_files
+
+    rows = [Example(task_type="retrieval", query=f"q{i}", positive=f"p{i}", source="s") for i in range(25)]
+    with ShardWriter(tmp_path / "kept.parquet", rows_per_shard=10) as w:
+        w.write(rows[:7])
+        w.write(rows[7:])
+    assert [p.name for p in w.files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.ParquetFile(p).metadata.num_rows for p in w.files] == [10, 10, 5]
+    assert count_rows(tmp_path / "kept.parquet") == 25
+    streamed = [q for b in read_batches([tmp_path / "kept.parquet"], batch_size=4) for q in b.column("query").to_pylist()]
+    assert streamed == [f"q{i}" for i in range(25)] == pq.read_table(tmp_path / "kept.parquet").column("query").to_pylist()
+    with ShardWriter(tmp_path / "empty.parquet") as w:
+        pass
+    assert count_rows(w.files) == 0 and pq.read_table(w.files[0]).schema.names == list(COLUMNS)
+    with pytest.raises(FileNotFoundError, match="no such Parquet file or shard folder"):
+        shard_files([tmp_path / "missing.parquet"])
+
+
+def test_shard_writer_leaves_nothing_on_error(tmp_path):
+    from kalm.schema import ShardWriter
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(tmp_path / "out.parquet", rows_per_shard=2) as w:
+            w.write([Example(task_type="sts", query="a", positive="b", source="s")] * 3)
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
