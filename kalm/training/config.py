@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from kalm.configbase import Strict
+
+if TYPE_CHECKING:
+    from kalm.instructions import InstructionPolicy
 
 
 class LoraOptions(Strict):
@@ -33,6 +36,10 @@ class TrainConfig(Strict):
     normalize: bool = True
     query_instruction_format: str = "Instruct: {instruction}\nQuery: {query}"
     use_instructions: bool = True
+    symmetric_instructions: Literal["both", "none"] = Field(
+        "both", description="symmetric task types (sts, pair_classification, classification, clustering): "
+                            "instruct both texts or neither (mteb cannot instruct one side of them; see "
+                            "kalm/instructions.py)")
     max_length: int = Field(128, ge=8)
     batch_size: int = Field(32, ge=2, description="global batch size (queries)")
     num_hard_negatives: int = Field(1, ge=0, description="hard negatives per query in the batch")
@@ -65,6 +72,13 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     lora: LoraOptions = LoraOptions()
     distributed: DistributedOptions = DistributedOptions()
+
+    def instruction_policy(self) -> "InstructionPolicy":
+        """The instruction policy training, export and evaluation share (kalm/instructions.py)."""
+        from kalm.instructions import InstructionPolicy
+
+        return InstructionPolicy(format=self.query_instruction_format, symmetric=self.symmetric_instructions,
+                                 enabled=self.use_instructions)
 
     @model_validator(mode="after")
     def _check_matryoshka(self) -> "TrainConfig":
