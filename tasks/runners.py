@@ -74,14 +74,29 @@ def ray_task_runner(address: Optional[str] = None, task_options: Optional[dict[s
     return ResourceRayTaskRunner(address=address, init_kwargs=init_kwargs, task_options=task_options)
 
 
+def _require_api_server(runner: str) -> None:
+    """Cluster workers report task runs to the flow's Prefect API: without ``PREFECT_API_URL`` each
+    worker process would start its own temporary server (on a remote node, with a database the
+    flow never sees), so the run would hang or time out far from its cause."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise RuntimeError(f"generate.task_runner '{runner}' needs a Prefect server that the cluster's workers reach: "
+                           "set PREFECT_API_URL (e.g. http://<host>:4200/api from `kalm ui` or `prefect server "
+                           "start`); a deployment's worker sets it for its flow runs")
+
+
 def task_runner(cfg: GenerateConfig):
     """The Prefect task runner named by ``cfg.task_runner``.
 
     Raises:
-        RuntimeError: ``dask``/``ray`` without prefect-dask/prefect-ray installed.
+        RuntimeError: ``dask``/``ray`` without prefect-dask/prefect-ray installed, or without a
+            Prefect API server (``PREFECT_API_URL``) for the cluster's workers to report to.
     """
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+    if cfg.task_runner in ("dask", "ray"):
+        _require_api_server(cfg.task_runner)
     if cfg.task_runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner

@@ -41,6 +41,14 @@ def _image_env(dockerfile: str) -> dict[str, str]:
     return env
 
 
+def _offline_client():
+    """A Prefect client that is never contacted: rendering these templates must need nothing from a
+    server (no block or variable references), so no API is started for it."""
+    from prefect.client.orchestration import PrefectClient
+
+    return PrefectClient(api="http://127.0.0.1:9/api")
+
+
 def test_gpu_plan_of_the_presets():
     mini = gpu_plan(load_config("kalm-mini"))
     assert (mini.generate_gpus, mini.generate_gpus_per_task, mini.gpu_groups) == (8, 4, 2)  # vLLM 4 x 2
@@ -62,7 +70,7 @@ def test_docker_pool_gives_the_container_the_presets_gpus_shm_and_cache_volumes(
     plan = gpu_plan(load_config("kalm-mini"))
     variables = {**_pool_variables("kalm-gpu"), "image": "kalm-pipeline:gpu"}
     config = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
-        DockerWorker.get_default_base_job_template(), variables))
+        DockerWorker.get_default_base_job_template(), variables, client=_offline_client()))
     # What prefect-docker hands to docker-py's containers.create (DockerWorker._build_container_settings).
     kwargs = {"image": config.image, "volumes": config.volumes, "version": docker.constants.DEFAULT_DOCKER_API_VERSION,
               **{k: v for k, v in config.container_create_kwargs.items()
@@ -91,7 +99,8 @@ def _render_k8s_job(variables: dict) -> dict:
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads(K8S_TEMPLATE.read_text())
-    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, variables))
+    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, variables,
+                                                                                   client=_offline_client()))
     config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="weekly-retrain"))
     return config.job_manifest
 
@@ -107,7 +116,7 @@ def test_k8s_job_is_a_valid_indexed_batch_v1_job_sized_from_the_preset():
     # there); Kubernetes drops those unknown pod fields with a warning. The Job's spec runs the nodes.
     pod_extra = {k: manifest["spec"]["template"]["spec"].pop(k) for k in ("parallelism", "completions")}
     assert pod_extra == {"parallelism": 1, "completions": 1}
-    job = V1Job.from_dict(manifest)  # strict models: unknown fields and wrong types raise
+    job = V1Job.model_validate(manifest)  # strict models: unknown fields and wrong types raise
     assert job.kind == "Job" and job.api_version == "batch/v1"
     spec = job.spec
     assert (spec.completion_mode, spec.completions, spec.parallelism) == ("Indexed", 2, 2)
@@ -124,7 +133,7 @@ def test_k8s_job_is_a_valid_indexed_batch_v1_job_sized_from_the_preset():
     assert "PREFECT__FLOW_RUN_ID" in env  # the followers find the flow run's hand-off by it
     endpoint = next(e.value for e in container.env if e.name == "KALM_RDZV_ENDPOINT")
     assert env.index("KALM_JOB_NAME") < env.index("KALM_RDZV_ENDPOINT")  # $(VAR) needs the earlier definition
-    service = V1Service.from_dict(json.loads((ROOT / "deployments" / "k8s-rendezvous-service.json").read_text()))
+    service = V1Service.model_validate(json.loads((ROOT / "deployments" / "k8s-rendezvous-service.json").read_text()))
     assert endpoint == f"$(KALM_JOB_NAME)-0.{service.metadata.name}:29500" and pod.subdomain == service.metadata.name
     assert service.spec.cluster_ip == "None"  # headless: per-pod DNS names <job>-<index>.<service>
     assert service.spec.selector.items() <= spec.template.metadata.labels.items()
@@ -139,8 +148,8 @@ def test_k8s_job_is_a_valid_indexed_batch_v1_job_sized_from_the_preset():
     # Parallelism in the pod spec alone (the old template) is not a Job field: the models refuse it.
     bad = json.loads(json.dumps(manifest))
     bad["spec"]["template"]["spec"]["parallelism"] = 2
-    with pytest.raises(ValueError, match="parallelism"):
-        V1Job.from_dict(bad)
+    with pytest.raises(ValueError, match="spec.template.spec.parallelism"):
+        V1Job.model_validate(bad)
 
 
 def test_node_entry_point_runs_the_flow_on_pod_0_only(tmp_path):

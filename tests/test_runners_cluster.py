@@ -1,12 +1,20 @@
 """Generation shards on the cluster task runners, for real: a local Dask cluster (distributed's
 LocalCluster, 2 worker processes) and a local Ray instance (2 CPUs), each writing the same shards
-and counts as the sequential runner with the real SmolLM2 (greedy, tiny sizes). On Ray each shard
-task declares the GPUs its backend needs (``num_gpus``), read back from Ray's own task table."""
+and counts as the sequential runner with the real SmolLM2 (greedy, tiny sizes), all reporting to
+one real Prefect server (as a deployment's flow run does). On Ray each shard task declares the
+GPUs its backend needs (``num_gpus``), read back from Ray's own task table."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -36,26 +44,62 @@ def _same_as(result, reference) -> None:
     assert [r["id"] for r in rows] == [r["id"] for r in read_examples(reference.parquet_files()).to_pylist()]
 
 
-def _fresh():
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """A real Prefect server on 127.0.0.1; PREFECT_API_URL in this process's environment reaches the
+    worker processes that Dask and Ray start (they inherit it), as a worker's flow-run job does."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect-server")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 300
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"prefect server did not become healthy: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield url
+    finally:
+        del os.environ["PREFECT_API_URL"]
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture
+def _fresh(api):
     """Generate every shard (Prefect's refresh_cache), also inside the cluster's workers: the
     settings context travels with each submitted task."""
-    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
-    return temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True})
+    return lambda: temporary_settings(updates={PREFECT_API_URL: api, PREFECT_TASKS_REFRESH_CACHE: True})
 
 
 @pytest.fixture(scope="module")
-def sequential(tmp_path_factory):
+def sequential(tmp_path_factory, api):
+    from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
     from tasks.generate import generate_stage
 
-    with _fresh():
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_TASKS_REFRESH_CACHE: True}):
         result = generate_stage(_cfg(), str(tmp_path_factory.mktemp("sequential")))
     assert result.counts["shards"] == 2 and result.counts["skipped_shards"] == 0
     assert result.counts["generated"] + sum(v for k, v in result.counts.items() if k.startswith("dropped_")) > 0
     return result
 
 
-def test_dask_local_cluster_runs_the_shards(sequential, tmp_path):
+def test_dask_local_cluster_runs_the_shards(sequential, tmp_path, _fresh):
     from distributed import Client, LocalCluster, get_task_stream
 
     from tasks.generate import generate_stage
@@ -71,7 +115,7 @@ def test_dask_local_cluster_runs_the_shards(sequential, tmp_path):
     _same_as(result, sequential)
 
 
-def test_ray_local_instance_runs_the_shards_with_their_gpus(sequential, tmp_path):
+def test_ray_local_instance_runs_the_shards_with_their_gpus(sequential, tmp_path, _fresh):
     import ray
     from ray.util.state import list_tasks
 
@@ -79,7 +123,7 @@ def test_ray_local_instance_runs_the_shards_with_their_gpus(sequential, tmp_path
     from tasks.runners import SHARD_TASK, ray_task_runner, shard_resources
 
     # Ray accounts GPUs logically: 2 declared on this CPU machine stand in for 2 GPU groups.
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=True, dashboard_port=None)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=True)
     try:
         with _fresh():
             result = generate_stage(_cfg(task_runner="ray", max_workers=2), str(tmp_path / "plain"))
@@ -100,3 +144,15 @@ def test_ray_local_instance_runs_the_shards_with_their_gpus(sequential, tmp_path
         assert needs.count(json.dumps({"CPU": 1.0}, sort_keys=True)) == 2, needs
     finally:
         ray.shutdown()
+
+
+def test_cluster_runner_without_a_prefect_server_says_so(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.runners import task_runner
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        for name in ("dask", "ray"):
+            with pytest.raises(RuntimeError, match=f"task_runner '{name}' needs a Prefect server"):
+                task_runner(GenerateConfig(task_runner=name))
