@@ -164,6 +164,26 @@ def test_node_entry_point_runs_the_flow_on_pod_0_only(tmp_path):
     assert follower.returncode == 2 and "PREFECT__FLOW_RUN_ID is not set" in follower.stderr  # it ran the follower
 
 
+def test_follower_is_released_when_the_flow_run_ends_without_multinode_training(tmp_path, monkeypatch):
+    """A flow run whose train stage came from the cache never publishes a command: the follower
+    pods read the flow run's final state from Prefect's API and exit 0 (the Job completes)."""
+    from prefect import flow
+
+    from deployments.torchrun_node import follow
+
+    @flow(name="no-training")
+    def no_training() -> str:
+        from prefect.runtime import flow_run
+
+        return flow_run.id
+
+    flow_run_id = no_training()
+    monkeypatch.setenv("KALM_TORCHRUN_HANDOFF_DIR", str(tmp_path))
+    assert follow(flow_run_id, poll_s=0.1, timeout_s=120) == 0
+    with pytest.raises(TimeoutError, match="shared by every pod"):  # a running flow run never releases it
+        follow(flow_run_id, poll_s=0.05, timeout_s=0.2, finished=lambda _: False)
+
+
 ALL_REDUCE = """
 import json, os, sys
 import torch, torch.distributed as dist
