@@ -41,6 +41,20 @@ def _image_env(dockerfile: str) -> dict[str, str]:
     return env
 
 
+def test_ray_shard_tasks_of_kalm_mini_ask_for_one_vllm_engines_gpus():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_ray import RayTaskRunner
+
+    from tasks.runners import SHARD_TASK, task_runner
+
+    cfg = load_config("kalm-mini").generate
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # a server the workers reach
+        runner = task_runner(cfg)
+    assert isinstance(runner, RayTaskRunner)
+    assert runner.task_options == {SHARD_TASK: {"num_gpus": 4}}  # tensor_parallel_size; Ray runs 8 / 4 = 2 at once
+    assert runner.duplicate() == runner and runner != RayTaskRunner()
+
+
 def _offline_client():
     """A Prefect client that is never contacted: rendering these templates must need nothing from a
     server (no block or variable references), so no API is started for it."""
