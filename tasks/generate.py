@@ -73,23 +73,10 @@ def generate_shard_task(cfg: GenerateConfig, personas: list[str], shard_index: i
 
 
 def _runner(cfg: GenerateConfig):
-    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    """The configured task runner; on Ray each shard task asks for its backend's GPUs (tasks/runners.py)."""
+    from tasks.runners import task_runner
 
-    if cfg.task_runner == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as e:
-            raise RuntimeError("generate.task_runner 'dask' needs prefect-dask: pip install 'kalm-pipeline[cluster]'") from e
-        return DaskTaskRunner(address=cfg.task_runner_address) if cfg.task_runner_address else DaskTaskRunner()
-    if cfg.task_runner == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError as e:
-            raise RuntimeError("generate.task_runner 'ray' needs prefect-ray: pip install 'kalm-pipeline[cluster]'") from e
-        return RayTaskRunner(address=cfg.task_runner_address) if cfg.task_runner_address else RayTaskRunner()
-    if cfg.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=cfg.max_workers)
-    return ThreadPoolTaskRunner(max_workers=1 if cfg.task_runner == "sequential" else cfg.max_workers)
+    return task_runner(cfg)
 
 
 @flow(name="generate")
