@@ -52,32 +52,114 @@ class MinHasher:
         self._fmix = _fmix
 
     def signatures(self, shingle_sets: Sequence[Iterable[str]], chunk: int = 65_536) -> np.ndarray:
-        """One signature per set; an empty set gives all-ones (datasketch's empty MinHash)."""
-        counts = np.zeros(len(shingle_sets), dtype=np.int64)
-        hashes: list[int] = []
+        """One signature per set of shingle strings (CRC-32 of each); an empty set gives all-ones
+        (datasketch's empty MinHash)."""
+        rows, hashes = [], []
         for i, s in enumerate(shingle_sets):
-            before = len(hashes)
-            hashes.extend(self._hash(x.encode("utf-8")) for x in s)
-            counts[i] = len(hashes) - before
-        out = np.full((len(shingle_sets), self.num_perm), _MAX32, dtype=np.uint32)
-        if not hashes:
+            for x in s:
+                rows.append(i)
+                hashes.append(self._hash(x.encode("utf-8")))
+        return self.signatures_from_hashes(np.asarray(rows, dtype=np.int64), np.asarray(hashes, dtype=np.uint32),
+                                           len(shingle_sets), chunk)
+
+    def text_signatures(self, texts, chunk: int = 65_536) -> np.ndarray:
+        """Signatures of the shingles (:func:`kalm.text.shingles`) of an Arrow array of texts, vectorised."""
+        rows, hashes = shingle_hashes(texts)
+        return self.signatures_from_hashes(rows, hashes, len(texts), chunk)
+
+    def signatures_from_hashes(self, rows: np.ndarray, hashes: np.ndarray, n: int, chunk: int = 65_536) -> np.ndarray:
+        """``[n, num_perm]`` signatures of 32-bit shingle hashes owned by ``rows`` (any order, repeats allowed):
+        datasketch's ``MinHash(num_perm, seed, hashfunc=<identity>).update_batch(hashes of row)``."""
+        out = np.full((n, self.num_perm), _MAX32, dtype=np.uint32)
+        if not len(hashes):
             return out
-        hv = self._fmix(np.asarray(hashes, dtype=np.uint32), 32)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rows = np.flatnonzero(counts)
-        # Permute and reduce in slices of rows so memory stays ~chunk x num_perm x 4 bytes.
-        i = 0
-        while i < len(rows):
-            j, total = i, 0
-            while j < len(rows) and (total == 0 or total + counts[rows[j]] <= chunk):
-                total += counts[rows[j]]
-                j += 1
-            lo = starts[rows[i]]
-            block = hv[lo:lo + total]
-            phv = block[:, None] * self._a[None, :] + self._b[None, :]  # uint32: wraps = mod 2^32
-            out[rows[i:j]] = np.minimum.reduceat(phv, starts[rows[i:j]] - lo, axis=0)
-            i = j
+        order = np.argsort(rows, kind="stable")
+        rows, hv = rows[order], self._fmix(np.asarray(hashes, dtype=np.uint32)[order], 32)
+        for lo in range(0, len(hv), chunk):  # memory: chunk x num_perm x 4 bytes at a time
+            hi = min(lo + chunk, len(hv))
+            r = rows[lo:hi]
+            starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+            phv = hv[lo:hi, None] * self._a[None, :] + self._b[None, :]  # uint32: wraps = mod 2^32
+            red = np.minimum.reduceat(phv, starts, axis=0)
+            owners = r[starts]
+            out[owners] = np.minimum(out[owners], red)  # a row split across chunks keeps its minimum
         return out
+
+
+_P32 = np.uint32(0x01000193)  # FNV prime
+
+
+def _mix(*parts: np.ndarray, seed: int) -> np.ndarray:
+    h = np.full(parts[0].shape, np.uint32(seed), dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        for p in parts:
+            h = (h ^ p) * _P32
+    return h
+
+
+def shingle_hashes(texts) -> tuple[np.ndarray, np.ndarray]:
+    """(row, 32-bit hash) of every shingle of every text of an Arrow array: the shingles of
+    :func:`kalm.text.shingles` (word 3-grams, unspaced-character bigrams, lone unspaced characters,
+    the words of a text with fewer than 3, or the folded text when it has no token), each hashed
+    from CRC-32s of its tokens. Python work is one CRC-32 per distinct token of the batch."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from kalm.text import MARK, fold_array, tokens_array
+
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    n = len(texts)
+    tokens = tokens_array(texts)
+    rows = np.asarray(pc.list_parent_indices(tokens), dtype=np.int64)
+    flat = pc.list_flatten(tokens)
+    out_rows, out_hashes = [], []
+    if len(flat):
+        enc = flat.dictionary_encode()
+        words = enc.dictionary.to_pylist()
+        dict_hash = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint32, count=len(words))
+        dict_mark = np.fromiter((w.startswith(MARK) for w in words), dtype=bool, count=len(words))
+        idx = np.asarray(enc.indices)
+        th, mark = dict_hash[idx], dict_mark[idx]
+        # words: 3-grams within a text; texts with 1-2 words: all their words as one shingle
+        wr, wh = rows[~mark], th[~mark]
+        if len(wr) >= 3:
+            ok = wr[:-2] == wr[2:]
+            out_rows.append(wr[:-2][ok])
+            out_hashes.append(_mix(wh[:-2][ok], wh[1:-1][ok], wh[2:][ok], seed=3))
+        nw = np.bincount(wr, minlength=n) if len(wr) else np.zeros(n, dtype=np.int64)
+        first = np.concatenate([[0], np.cumsum(nw)[:-1]])
+        for k in (1, 2):
+            sel = np.flatnonzero(nw == k)
+            if len(sel):
+                parts = [wh[first[sel] + j] for j in range(k)]
+                out_rows.append(sel)
+                out_hashes.append(_mix(*parts, seed=k))
+        # unspaced characters: bigrams of neighbours in the token sequence; a lone one is itself
+        same = np.zeros(len(rows), dtype=bool)
+        if len(rows) > 1:
+            same[:-1] = mark[:-1] & mark[1:] & (rows[:-1] == rows[1:])
+        if same.any():
+            j = np.flatnonzero(same)
+            out_rows.append(rows[j])
+            out_hashes.append(_mix(th[j], th[j + 1], seed=102))
+        left = np.concatenate([[False], same[:-1]])
+        lone = mark & ~same & ~left
+        if lone.any():
+            out_rows.append(rows[lone])
+            out_hashes.append(_mix(th[lone], seed=101))
+    have = np.zeros(n, dtype=bool)
+    for r in out_rows:
+        have[r] = True
+    empty = np.flatnonzero(~have & np.asarray(pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False)))
+    if len(empty):
+        folded = fold_array(texts.take(pa.array(empty))).to_pylist()
+        keep = [i for i, f in enumerate(folded) if f]
+        out_rows.append(empty[keep])
+        out_hashes.append(np.fromiter((zlib.crc32(folded[i].encode("utf-8")) for i in keep), dtype=np.uint32))
+    if not out_rows:
+        return np.array([], np.int64), np.array([], np.uint32)
+    return np.concatenate(out_rows).astype(np.int64), np.concatenate(out_hashes).astype(np.uint32)
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:

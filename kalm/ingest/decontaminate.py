@@ -27,7 +27,7 @@ from kalm.ingest.config import DecontaminationConfig, EvalTextSource
 from kalm.ingest.fields import FIRST_ROWS, SourceStats, row_labels
 from kalm.ingest.readers import IngestError, JsonlSource, TsvSource
 from kalm.minhash import MinHasher, band_keys, hash64, lsh_bands
-from kalm.text import normalize_array, shingles
+from kalm.text import normalize_array
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Decontaminator:
             self.summary[t.name] = {"folder": str(t.path), "kind": kind, "texts": len(uniq)}
             exact.append(hash64(uniq))
             task_of_exact.append(np.full(len(uniq), i, dtype=np.int32))
-            sigs.append(self.hasher.signatures([shingles(x) for x in uniq]))
+            sigs.append(self.hasher.text_signatures(pa.array(uniq, pa.string())))
             task_of_sig.append(np.full(len(uniq), i, dtype=np.int32))
         keys = np.concatenate(exact) if exact else np.array([], np.uint64)
         order = np.argsort(keys, kind="stable")
@@ -154,33 +154,38 @@ class Decontaminator:
         out[ok[::-1, 0]] = self._sig_task[ok[::-1, 1]]  # reversed: the first (lowest) eval text wins
         return out
 
-    def apply(self, table: pa.Table, stats: SourceStats) -> pa.Table:
-        """``table`` (example schema) without contaminated examples; counts them in ``stats.decontaminated``."""
+    def apply(self, table: pa.Table, stats: SourceStats,
+              sigs: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[pa.Table, np.ndarray]:
+        """``table`` (example schema) without contaminated examples, and the mask of rows kept; counts
+        the removed ones per task in ``stats.decontaminated``. ``sigs``: the query and positive MinHash
+        signatures when already computed (same ``num_perm``)."""
+        keep = np.ones(table.num_rows, dtype=bool)
         if table.num_rows == 0 or not self.tasks:
-            return table
+            return table, keep
         task = np.full(table.num_rows, -1, dtype=np.int64)
         for col in ("query", "positive"):
-            arr = table.column(col).combine_chunks()
-            hit = self._exact(hash64(normalize_array(arr).to_pylist()))
+            hit = self._exact(hash64(normalize_array(table.column(col).combine_chunks()).to_pylist()))
             task = np.where(task < 0, hit, task)
-        todo = np.flatnonzero(task < 0)
-        for col in ("query", "positive"):
+        for k, col in enumerate(("query", "positive")):
+            todo = np.flatnonzero(task < 0)
             if not len(todo):
                 break
-            texts = table.column(col).combine_chunks().take(pa.array(todo)).to_pylist()
-            hit = self._near(self.hasher.signatures([shingles(t) for t in texts]))
+            if sigs is not None:
+                sig = sigs[k][todo]
+            else:
+                sig = self.hasher.text_signatures(table.column(col).combine_chunks().take(pa.array(todo)))
+            hit = self._near(sig)
             task[todo] = np.where(task[todo] < 0, hit, task[todo])
-            todo = np.flatnonzero(task < 0)
         bad = task >= 0
         if not bad.any():
-            return table
+            return table, keep
         for i in np.unique(task[bad]):
             name = self.tasks[int(i)]
             idx = np.flatnonzero(task == i)
             stats.decontaminated[name] += len(idx)
             self.removed[name] += len(idx)
             stats.note_rows(f"decontaminated:{name}", row_labels(table, idx[:FIRST_ROWS]))
-        return table.filter(pa.array(~bad))
+        return table.filter(pa.array(~bad)), ~bad
 
 
 def decontamination_report(d: Optional[Decontaminator], cfg: DecontaminationConfig) -> dict[str, Any]:

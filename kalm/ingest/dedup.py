@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from kalm.ingest.config import DedupConfig
 from kalm.ingest.fields import FIRST_ROWS, SourceStats, row_labels
 from kalm.minhash import BandIndex, HashSet64, MinHasher, band_keys, hash64, jaccard8, lsh_bands, sketch8
-from kalm.text import fold_array, shingles
+from kalm.text import fold_array
 
 
 class Deduplicator:
@@ -44,12 +44,10 @@ class Deduplicator:
         self.kept = 0
         self.removed: dict[str, int] = {"exact_duplicate": 0, "near_duplicate": 0}
 
-    def keys_and_sketches(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    def keys_and_sketches(self, sq: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[n, b]`` band keys (band ``i``: rows ``i*r .. i*r+r-1`` of the query's and the positive's
         MinHash) and ``[n, 2 * num_perm]`` sketches (query's, then positive's)."""
-        n, b, r = table.num_rows, self.bands, self.rows
-        sq = self.hasher.signatures([shingles(x) for x in table.column("query").to_pylist()])
-        sp = self.hasher.signatures([shingles(x) for x in table.column("positive").to_pylist()])
+        n, b, r = len(sq), self.bands, self.rows
         both = np.concatenate([sq[:, :b * r].reshape(n, b, r), sp[:, :b * r].reshape(n, b, r)], axis=2)
         return band_keys(both.reshape(n, b * 2 * r), b, 2 * r), np.concatenate([sketch8(sq), sketch8(sp)], axis=1)
 
@@ -58,7 +56,10 @@ class Deduplicator:
         return (jaccard8(a[:, :half], b[:, :half]) >= self.cfg.threshold) & \
             (jaccard8(a[:, half:], b[:, half:]) >= self.cfg.threshold)
 
-    def apply(self, table: pa.Table, stats: SourceStats) -> pa.Table:
+    def apply(self, table: pa.Table, stats: SourceStats,
+              sigs: Optional[tuple[np.ndarray, np.ndarray]] = None) -> pa.Table:
+        """``table`` without duplicates of earlier examples (this batch's or earlier datasets');
+        ``sigs``: the query and positive MinHash signatures when already computed."""
         n = table.num_rows
         if n == 0:
             return table
@@ -73,7 +74,13 @@ class Deduplicator:
         near = np.zeros(n, dtype=bool)
         todo = np.flatnonzero(~exact)
         if len(todo):
-            bands, sketches = self.keys_and_sketches(table.take(pa.array(todo)))
+            if sigs is not None:
+                sq, sp = sigs[0][todo], sigs[1][todo]
+            else:
+                sub = table.take(pa.array(todo))
+                sq = self.hasher.text_signatures(sub.column("query"))
+                sp = self.hasher.text_signatures(sub.column("positive"))
+            bands, sketches = self.keys_and_sketches(sq, sp)
             rows, items = self._near.candidates(bands)
             dup = np.zeros(len(todo), dtype=bool)
             if len(rows):

@@ -150,6 +150,10 @@ def _parse_block(chunk: bytes, first_line: int, offset: int, label: str, hint: d
                                           unexpected_field_behavior="infer", newlines_in_values=False),
         )
         if table.num_rows == len(rows):
+            for col in hint:  # a hinted key that no line has is absent, not a column of nulls
+                if col in table.column_names and table.column(col).null_count == table.num_rows \
+                        and json.dumps(col).encode() not in chunk:
+                    table = table.drop_columns([col])
             return Batch(table, rows, label, "line")
     except pa.ArrowInvalid:
         pass  # mixed types in a column, or a line that is not JSON: find out line by line
@@ -193,6 +197,10 @@ def _parse_lines(chunk: bytes, first_line: int, label: str, hint: dict[str, pa.D
         else:
             seen = [k for k in kinds if k != "null"]
             want = max(set(seen), key=seen.count) if seen else "null"
+            if set(seen) == {"number", "string"}:  # e.g. labels 0 / "entailment": all as text, losslessly
+                values = [json.dumps(v) if k == "number" else v for v, k in zip(values, kinds)]
+                kinds = ["string" if k == "number" else k for k in kinds]
+                want = "string"
         if want == "list":  # one string where a list belongs is a list of one (e.g. "neg": "text")
             values = [[v] if k == "string" else v for v, k in zip(values, kinds)]
             kinds = ["list" if k == "string" else k for k in kinds]

@@ -33,7 +33,8 @@ from kalm.ingest.examples import GROUP_KEY, clean_examples, to_schema
 from kalm.ingest.fields import SourceStats
 from kalm.ingest.formats import MAPPERS, Context, Mapper, detect_format
 from kalm.ingest.formats.beir import BeirSource, hub_beir, local_beir
-from kalm.ingest.readers import IngestError, RowSource, file_source, hub_source, local_split
+from kalm.ingest.readers import (ChainSource, IngestError, ParquetSource, RowSource, file_source, hub_source,
+                                 local_split)
 from kalm.ingest.sampling import Sampler
 from kalm.schema import ShardWriter
 from kalm.stage import Progress, StageResult, no_progress
@@ -58,6 +59,9 @@ def open_source(src: DatasetSource) -> tuple[Optional[Source], str]:
     if local is not None and local.exists():
         if local.is_file():
             return file_source(local), ""
+        parts = sorted(local.glob("part-*.parquet"))
+        if parts:  # a shard folder (another kalm stage's output, Spark/pyarrow datasets layout)
+            return ChainSource([ParquetSource(p) for p in parts], str(local)), ""
         if (local / "corpus.jsonl").is_file() and src.format in ("beir", "auto"):
             beir = local_beir(local, src.split)
             if beir is not None:
@@ -196,9 +200,9 @@ def _ingest_one(plan: Plan, cfg: IngestConfig, ctx: Context, out: Path, decon: O
     task_type = src.task_type or mapper.task_type
     sampler = Sampler(src.max_rows, src.seed) if src.max_rows else None
 
-    def finish(table):
+    def finish(table, sigs=None):
         if dedup is not None:
-            table = dedup.apply(table, stats)
+            table = dedup.apply(table, stats, sigs)
         stats.examples += table.num_rows
         stats.task_types.update(table.column("task_type").to_pylist())
         return table
@@ -208,12 +212,14 @@ def _ingest_one(plan: Plan, cfg: IngestConfig, ctx: Context, out: Path, decon: O
             if src.task_type and "task_type" in mapped.column_names:
                 mapped = mapped.drop_columns(["task_type"])  # the config's task type wins over a row's 'type'
             table = to_schema(clean_examples(mapped, stats), src, task_type, detect)
+            sigs = shared_signatures(table, decon, dedup) if sampler is None else None
             if decon is not None:
-                table = decon.apply(table, stats)
+                table, kept = decon.apply(table, stats, sigs)
+                sigs = None if sigs is None else (sigs[0][kept], sigs[1][kept])
             if sampler is not None:
                 sampler.add(table)
             else:
-                writer.write(finish(table))
+                writer.write(finish(table, sigs))
             progress(f"{src.name}: {stats.rows_read} rows read, {stats.examples} examples")
         if sampler is not None:
             table = sampler.result()
@@ -223,3 +229,10 @@ def _ingest_one(plan: Plan, cfg: IngestConfig, ctx: Context, out: Path, decon: O
     if stats.examples == 0:
         stats.notes.append("no examples: every row was dropped, skipped or removed (see the counts)")
     return writer.files
+
+
+def shared_signatures(table, decon: Optional[Decontaminator], dedup: Optional[Deduplicator]):
+    """Query and positive MinHash signatures computed once for both decontamination and dedup."""
+    if decon is None or dedup is None or table.num_rows == 0 or decon.hasher.num_perm != dedup.hasher.num_perm:
+        return None
+    return (dedup.hasher.text_signatures(table.column("query")), dedup.hasher.text_signatures(table.column("positive")))

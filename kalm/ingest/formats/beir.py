@@ -74,12 +74,13 @@ def _text(arr) -> pa.Array:
 
 
 def doc_text(table: pa.Table) -> pa.Array:
-    text = pc.fill_null(_text(table.column("text")), "")
+    """MTEB's document text: ``(title + " " + text).strip()`` when the title is not empty, else the text."""
+    text = pc.fill_null(table.column("text").combine_chunks().cast(pa.string()), "")
     if "title" not in table.column_names:
-        return text
-    title = pc.fill_null(_text(table.column("title")), "")
-    joined = pc.utf8_trim_whitespace(pc.binary_join_element_wise(title, text, " "))
-    return pc.if_else(pc.equal(title, ""), text, joined)
+        return pc.utf8_trim_whitespace(text)
+    title = pc.fill_null(table.column("title").combine_chunks().cast(pa.string()), "")
+    joined = pc.binary_join_element_wise(title, text, " ")
+    return pc.utf8_trim_whitespace(pc.if_else(pc.equal(title, ""), text, joined))
 
 
 class BeirMapper(Mapper):

@@ -27,9 +27,9 @@ def passage_texts(arr: pa.Array) -> pa.ListArray:
     parents = np.asarray(pc.list_parent_indices(arr))
     names = [flat.type.field(i).name for i in range(flat.type.num_fields)]
     text = pc.struct_field(flat, "text").cast(pa.string())
-    if "title" in names:
-        title = pc.fill_null(pc.utf8_trim_whitespace(pc.struct_field(flat, "title").cast(pa.string())), "")
-        joined = pc.utf8_trim_whitespace(pc.binary_join_element_wise(title, pc.fill_null(text, ""), " "))
+    if "title" in names:  # as MTEB: (title + " " + text).strip() when the title is not empty
+        title = pc.fill_null(pc.struct_field(flat, "title").cast(pa.string()), "")
+        joined = pc.binary_join_element_wise(title, pc.fill_null(text, ""), " ")
         text = pc.if_else(pc.equal(title, ""), text, joined)
     return clean_lists(lists_from(text, parents, len(arr)))[0]
 
