@@ -120,9 +120,11 @@ def _decontaminate_against_evaluation(cfg: RunConfig, data_dir: Optional[Path]) 
     if not (dc.enabled and dc.from_evaluate):
         return cfg
     have = {t.name for t in dc.tasks}
-    tasks = dc.tasks + [t for t in tasks_from_evaluate(cfg.evaluate.tasks, data_dir) if t.name not in have]
+    local, unchecked = tasks_from_evaluate(cfg.evaluate.tasks, data_dir)
+    tasks = dc.tasks + [t for t in local if t.name not in have]
+    unchecked = sorted(set(dc.unchecked) | set(unchecked) | set(cfg.evaluate.benchmarks))
     return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={
-        "decontamination": dc.model_copy(update={"tasks": tasks})})})
+        "decontamination": dc.model_copy(update={"tasks": tasks, "unchecked": unchecked})})})
 
 
 def _substitute(node: Any, placeholder: str, value: str) -> Any:

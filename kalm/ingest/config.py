@@ -103,6 +103,9 @@ class DecontaminationConfig(Strict):
         default_factory=list,
         description="task folders to check against; the run config fills in evaluate.tasks' local folders")
     from_evaluate: bool = Field(True, description="add the run's evaluate.tasks that have a local folder")
+    unchecked: list[str] = Field(
+        default_factory=list,
+        description="evaluation tasks/benchmarks of the run without a local folder: not checked (filled by the run config)")
     threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of a near-duplicate")
     num_perm: int = Field(64, ge=8, le=512)
 

@@ -192,16 +192,20 @@ def decontamination_report(d: Optional[Decontaminator], cfg: DecontaminationConf
     if not cfg.enabled:
         return {"enabled": False}
     if d is None:
-        return {"enabled": True, "tasks": {}, "note": "no evaluation task with a local folder to check against"}
+        return {"enabled": True, "tasks": {}, "not_checked": cfg.unchecked,
+                "note": "no evaluation task with a local folder to check against"}
     return {"enabled": True, "threshold": cfg.threshold, "num_perm": cfg.num_perm, "bands": d.bands, "rows": d.rows,
-            "tasks": {name: {**d.summary[name], "removed": d.removed[name]} for name in d.tasks}}
+            "tasks": {name: {**d.summary[name], "removed": d.removed[name]} for name in d.tasks},
+            "not_checked": cfg.unchecked}
 
 
-def tasks_from_evaluate(eval_tasks: list[Any], data_dir: Optional[Path]) -> list[EvalTextSource]:
-    """Evaluation tasks with a local folder under ``data_dir`` (the run's evaluate.tasks)."""
-    out = []
+def tasks_from_evaluate(eval_tasks: list[Any], data_dir: Optional[Path]) -> tuple[list[EvalTextSource], list[str]]:
+    """(evaluation tasks with a local folder under ``data_dir``, names of those without one)."""
+    out, unchecked = [], []
     for t in eval_tasks:
         local = getattr(t, "local", None)
         if local and data_dir is not None and (Path(data_dir) / local).is_dir():
             out.append(EvalTextSource(name=t.name, path=(Path(data_dir) / local).resolve()))
-    return out
+        else:
+            unchecked.append(t.name)
+    return out, unchecked

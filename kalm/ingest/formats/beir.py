@@ -5,7 +5,8 @@
     qrels/<split>.tsv   query-id<TAB>corpus-id<TAB>score   (header line first)
 
 On the hub (``hf_name``, e.g. ``mteb/scifact``): configs ``corpus``, ``queries`` and ``default``
-(the qrels, split ``<split>``), as mteb's RetrievalDatasetLoader reads them.
+(the qrels, split ``<split>``), or ``<hf_config>-corpus``/``-queries``/``-qrels`` for one language
+of a multilingual set, as mteb's RetrievalDatasetLoader reads them.
 
 A qrels row with score > 0 makes the document a positive of the query (score <= 0: skipped,
 ``skipped.qrels_score_not_positive``); one example per (query, positive document), the positives of
@@ -55,9 +56,13 @@ def local_beir(path: Path, split: str) -> BeirSource | None:
 
 
 def hub_beir(src) -> BeirSource:
-    return BeirSource(hub_source(src, "corpus", "corpus", single_split=True),
-                      hub_source(src, "queries", "queries", single_split=True),
-                      hub_source(src, src.hf_config or "default", src.split), f"hub:{src.hf_name}")
+    """Configs as mteb's RetrievalDatasetLoader names them: ``corpus``/``queries``/``default`` (qrels), or
+    ``<hf_config>-corpus``/``-queries``/``-qrels`` for a per-language subset."""
+    c = src.hf_config
+    names = (f"{c}-corpus", f"{c}-queries", f"{c}-qrels") if c else ("corpus", "queries", "default")
+    return BeirSource(hub_source(src, names[0], names[0], single_split=True),
+                      hub_source(src, names[1], names[1], single_split=True),
+                      hub_source(src, names[2], src.split), f"hub:{src.hf_name}")
 
 
 def _col(table: pa.Table, names: tuple[str, ...], where: str, what: str) -> str:
