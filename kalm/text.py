@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from typing import Callable, Iterable, Optional
 
 import pyarrow as pa

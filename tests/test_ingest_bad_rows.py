@@ -96,7 +96,8 @@ def test_whole_wrong_column_in_parquet_fails_before_any_dataset_is_written(tmp_p
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
     pq.write_table(pa.table({"query": [1, 2], "positive": ["a", "b"]}), tmp_path / "bad.parquet")
-    cfg = IngestConfig(datasets=[DatasetSource(name="good", path=good), DatasetSource(name="bad", path=tmp_path / "bad.parquet")])
+    cfg = IngestConfig(datasets=[DatasetSource(name="good", path=good),
+                                 DatasetSource(name="bad", path=tmp_path / "bad.parquet")])
     with pytest.raises(IngestError, match=r"dataset 'bad': .*bad.parquet row 1: field 'query' holds a number, not one text"):
         run_ingest(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "good.parquet").exists()  # checked before any work
@@ -122,7 +123,8 @@ def test_query_equal_to_positive_is_dropped(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"query": "q", "positive": "p"}\n{"query": "q2", positive: "p"}\n', r"line 2, column 17: not valid JSON \(Expecting property name"),
+    ('{"query": "q", "positive": "p"}\n{"query": "q2", positive: "p"}\n',
+     r"line 2, column 17: not valid JSON \(Expecting property name"),
     ('[{"query": "q", "positive": "p"}]\n', r"line 1: holds a JSON list, not an object"),
 ])
 def test_malformed_json_lines_name_the_line(tmp_path, content, message):

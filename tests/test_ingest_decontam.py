@@ -20,7 +20,8 @@ def _planted(shared_data, tmp_path):
     long_test = next(r for r in test if len(r["sentence1"].split()) >= 18)
     planted = [
         {"query": test[0]["sentence1"], "positive": test[0]["sentence2"]},  # a test pair as it is
-        {"query": test[1]["sentence1"].upper().rstrip(".") + " !", "positive": "An unrelated positive text."},  # case, punctuation
+        # case and punctuation changed
+        {"query": test[1]["sentence1"].upper().rstrip(".") + " !", "positive": "An unrelated positive text."},
         {"query": long_test["sentence1"] + " indeed", "positive": "Another unrelated positive text."},  # near-duplicate
         {"query": "A question nobody evaluates on.", "positive": test[2]["sentence2"]},  # the positive matches
     ]

@@ -96,7 +96,8 @@ def test_tevatron_passages_join_title_as_mteb(tmp_path):
         "negative_passages": [{"docid": "9", "title": "Bread", "text": "Baguettes are long."}]}])
     ex, s = _ingest(tmp_path, path=f, format="auto")
     assert s["format"] == "tevatron"
-    assert [(e.positive, e.negatives) for e in ex] == [("Starter A starter is flour and water.", ["Bread Baguettes are long."]),
+    assert [(e.positive, e.negatives) for e in ex] == [("Starter A starter is flour and water.",
+                                                        ["Bread Baguettes are long."]),
                                                        ("Wild yeast culture.", ["Bread Baguettes are long."])]
     assert len(_groups(ex)) == 1
 
@@ -109,7 +110,8 @@ def test_beir_scifact_folder(shared_data, tmp_path):
     for line in (shared_data / "scifact" / "corpus.jsonl").read_text().splitlines():
         d = json.loads(line)
         corpus[d["_id"]] = (d["title"] + " " + d["text"]).strip() if d["title"] else d["text"].strip()
-    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (shared_data / "scifact" / "queries.jsonl").read_text().splitlines()}
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"]
+               for x in (shared_data / "scifact" / "queries.jsonl").read_text().splitlines()}
     for e in ex:
         assert e.positive == corpus[e.metadata["corpus_id"]] and e.query == queries[e.metadata["query_id"]]
     multi = [g for g, n in _groups(ex).items() if n > 1]
@@ -119,9 +121,11 @@ def test_beir_scifact_folder(shared_data, tmp_path):
 def test_beir_scores_and_unknown_ids(tmp_path):
     d = tmp_path / "beir"
     (d / "qrels").mkdir(parents=True)
-    _jsonl(d / "corpus.jsonl", [{"_id": "d1", "title": "T", "text": "doc one"}, {"_id": "d2", "title": "", "text": "doc two"}])
+    _jsonl(d / "corpus.jsonl", [{"_id": "d1", "title": "T", "text": "doc one"},
+                                {"_id": "d2", "title": "", "text": "doc two"}])
     _jsonl(d / "queries.jsonl", [{"_id": "q1", "text": "first query"}, {"_id": "q2", "text": "second query"}])
-    (d / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq2\td2\t2\nq9\td1\t1\nq2\tdx\t1\n")
+    (d / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq2\td2\t2\nq9\td1\t1\nq2\tdx\t1\n")
     ex, s = _ingest(tmp_path, path=d, format="beir")
     assert [(e.query, e.positive) for e in ex] == [("first query", "T doc one"), ("second query", "doc two")]
     assert s["skipped"] == {"qrels_score_not_positive": 1}
@@ -178,7 +182,8 @@ def test_reranking_lists(tmp_path):
                                        {"query": "empty", "positive": [], "negative": ["x"]}])
     ex, s = _ingest(tmp_path, path=f, format="auto")
     assert s["format"] == "reranking"
-    assert [(e.positive, e.negatives) for e in ex] == [("Flour and water.", ["Baguettes."]), ("Yeast culture.", ["Baguettes."])]
+    assert [(e.positive, e.negatives) for e in ex] == [("Flour and water.", ["Baguettes."]),
+                                                       ("Yeast culture.", ["Baguettes."])]
     assert s["dropped"] == {"positive_empty": 1} and len(_groups(ex)) == 1
 
 
@@ -191,5 +196,6 @@ def test_examples_format_keeps_metadata(tmp_path):
 
 def test_auto_fails_on_unknown_layout(tmp_path):
     f = _jsonl(tmp_path / "x.jsonl", [{"title": "a", "body": "b"}])
-    with pytest.raises(IngestError, match=r"dataset 'd'.*format: auto cannot tell the layout from columns \['body', 'title'\]"):
+    with pytest.raises(IngestError, match=r"dataset 'd'.*format: auto cannot tell the layout from "
+                                          r"columns \['body', 'title'\]"):
         _ingest(tmp_path, path=f, format="auto")

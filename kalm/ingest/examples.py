@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -137,10 +137,3 @@ def to_schema(table: pa.Table, src: DatasetSource, task_type: str, detect_langua
         "_row": table.column("_row"), "_file": table.column("_file"),
     })
 
-
-def single_task_type(src: DatasetSource, default: str) -> str:
-    return src.task_type or default
-
-
-def optional_column(table: pa.Table, name: str) -> Optional[pa.Array]:
-    return table.column(name).combine_chunks() if name in table.column_names else None

@@ -118,7 +118,7 @@ class RowCheck:
         self.reason = np.full(self.n, "", dtype=object)
 
     # -------------------------------------------------------------- errors
-    def _fail(self, fld: str, column: Optional[str], row: int, problem: str, fix: str = "") -> IngestError:
+    def fail(self, fld: str, column: Optional[str], row: int, problem: str, fix: str = "") -> IngestError:
         col = f" (column {column!r})" if column and column != fld else ""
         fix = fix or self.fixes.get(fld, "") or (
             f"give one text per row in {column!r}, or map another column with fields: {{{fld}: <column>}}")
@@ -130,7 +130,8 @@ class RowCheck:
         col = column_for(self.src, self.fmt, fld, cols)
         if col is None or col not in cols:
             if required and self.strict:
-                want = self.src.fields.get(fld) or " or ".join(repr(c) for c in FORMAT_FIELDS.get(self.fmt, {}).get(fld, (fld,)))
+                defaults = FORMAT_FIELDS.get(self.fmt, {}).get(fld, (fld,))
+                want = self.src.fields.get(fld) or " or ".join(repr(c) for c in defaults)
                 raise IngestError(
                     f"dataset {self.src.name!r}: {self.batch.file}: no column {want} for field {fld!r} of format "
                     f"{self.fmt!r}; columns are {sorted(c for c in cols if c != '_empty')}. "
@@ -162,7 +163,7 @@ class RowCheck:
             kind = _kind_of_type(arr.type)
             valid = np.asarray(arr.is_valid())
             if self.strict and valid.any():
-                raise self._fail(fld, col, int(np.argmax(valid)), f"holds a {kind}, not one text")
+                raise self.fail(fld, col, int(np.argmax(valid)), f"holds a {kind}, not one text")
             if required:
                 self.drop(f"{fld}_is_list" if kind == "list" else f"{fld}_not_text", valid)
             return pa.nulls(self.n, pa.string())
@@ -172,14 +173,14 @@ class RowCheck:
             valid = np.asarray(arr.is_valid())
             if self.strict and not valid.any():
                 i = int(np.argmax(odd))
-                raise self._fail(fld, col, i, f"holds a {bad[i]}, not one text")
+                raise self.fail(fld, col, i, f"holds a {bad[i]}, not one text")
             for kind in sorted(set(bad[odd])):
                 self.drop(f"{fld}_is_list" if kind == "list" else f"{fld}_not_text", bad == kind)
         arr = pc.utf8_trim_whitespace(arr)
         if required:
             is_null = np.asarray(arr.is_null()) & (bad == "")
             if self.strict and is_null.all() and self.n:
-                raise self._fail(fld, col, 0, "is null in every row of the first block",
+                raise self.fail(fld, col, 0, "is null in every row of the first block",
                                  f"map the column that holds the {fld} with fields: {{{fld}: <column>}}")
             self.drop(f"{fld}_null", is_null)
             self.drop(f"{fld}_blank", np.asarray(pc.fill_null(pc.equal(pc.utf8_length(arr), 0), False)))
@@ -207,8 +208,9 @@ class RowCheck:
             kind = "list of " + _kind_of_type(arr.type.value_type) if _is_list_type(arr.type) else _kind_of_type(arr.type)
             valid = np.asarray(arr.is_valid())
             if self.strict and valid.any():
-                raise self._fail(fld, col, int(np.argmax(valid)), f"holds a {kind}, not a list of texts",
-                                 f"give a list of strings in {col!r}, or map another column with fields: {{{fld}: <column>}}")
+                raise self.fail(fld, col, int(np.argmax(valid)), f"holds a {kind}, not a list of texts",
+                                 f"give a list of strings in {col!r}, or map another column with "
+                                 f"fields: {{{fld}: <column>}}")
             self.drop(f"{fld}_not_text", valid)
             return _empty_lists(self.n)
         odd = bad != ""

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from kalm.ingest.config import DatasetSource, IngestConfig
 from kalm.ingest.decontaminate import Decontaminator, decontamination_report

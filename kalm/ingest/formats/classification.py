@@ -72,7 +72,7 @@ class ClassificationMapper(Mapper):
         else:
             labels, bad = label_text(raw)
             if strict and bad.all() and chk.n:
-                raise chk._fail("label", chk.column("label"), 0, f"holds a {raw.type}, not a label",
+                raise chk.fail("label", chk.column("label"), 0, f"holds a {raw.type}, not a label",
                                 "give one label (text or integer) per row")
             chk.drop("label_not_text", bad)
         keep = chk.keep()

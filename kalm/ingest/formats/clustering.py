@@ -32,7 +32,7 @@ class ClusteringMapper(ClassificationMapper):
         texts = batch.table.column(col).combine_chunks()
         raw = chk.raw("label")
         if raw is None or not _is_list_type(raw.type):
-            raise chk._fail("label", chk.column("label"), 0, "is not a list while the texts are lists",
+            raise chk.fail("label", chk.column("label"), 0, "is not a list while the texts are lists",
                             "give a list of labels beside each list of sentences (MTEB clustering layout)")
         texts = pc.fill_null(texts, pa.scalar([], texts.type))
         raw = pc.fill_null(raw, pa.scalar([], raw.type))
@@ -43,7 +43,7 @@ class ClusteringMapper(ClassificationMapper):
         parents = np.asarray(pc.list_parent_indices(texts))
         flat = pc.list_flatten(texts)
         if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type) or pa.types.is_null(flat.type)):
-            raise chk._fail("text", col, 0, f"holds a list of {flat.type}, not a list of texts")
+            raise chk.fail("text", col, 0, f"holds a list of {flat.type}, not a list of texts")
         flat = pc.utf8_trim_whitespace(flat.cast(pa.string()))
         labels, bad = label_text(pc.list_flatten(raw))
         blank = np.asarray(pc.fill_null(pc.equal(pc.utf8_length(flat), 0), True))

@@ -11,7 +11,6 @@ is that row's instruction. ``type``, when given, picks the task type by keyword 
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 

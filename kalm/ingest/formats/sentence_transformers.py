@@ -53,7 +53,7 @@ class SentenceTransformersMapper(Mapper):
         for col in negatives:
             if col not in batch.table.column_names:
                 if strict:
-                    raise chk._fail("negatives", col, 0, "names a column that does not exist")
+                    raise chk.fail("negatives", col, 0, "names a column that does not exist")
                 continue
             arr = batch.table.column(col).combine_chunks()
             if _is_list_type(arr.type):

@@ -1,7 +1,8 @@
 """``tevatron``: Tevatron's training layout: a query with lists of positive and negative passages,
 each ``{docid, title, text}``.
 
-    {"query_id": "3", "query": "what is a starter", "positive_passages": [{"docid": "7", "title": "", "text": "A starter is ..."}],
+    {"query_id": "3", "query": "what is a starter",
+     "positive_passages": [{"docid": "7", "title": "", "text": "A starter is ..."}],
      "negative_passages": [{"docid": "9", "title": "Bread", "text": "Baguettes ..."}]}
 
 A passage's text is its title and text joined by a space as MTEB joins them (the text alone when
@@ -47,7 +48,7 @@ class TevatronMapper(Mapper):
         arr = chk.batch.table.column(col).combine_chunks()
         if not _is_list_type(arr.type) or not pa.types.is_struct(arr.type.value_type) or \
                 "text" not in [arr.type.value_type.field(i).name for i in range(arr.type.value_type.num_fields)]:
-            raise chk._fail(fld, col, 0, f"holds {arr.type}, not a list of {{docid, title, text}} passages",
+            raise chk.fail(fld, col, 0, f"holds {arr.type}, not a list of {{docid, title, text}} passages",
                             "give passages as objects with a 'text' (and optional 'title', 'docid')")
         return arr
 
