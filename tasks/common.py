@@ -30,8 +30,8 @@ KALM_DIR = Path(os.environ.get("KALM_HOME", PROJECT_ROOT / ".kalm"))
 
 # Which kalm sources each stage's output depends on (its "code version").
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "generate": ("kalm/synth", "kalm/schema.py", "kalm/models.py"),
-    "ingest": ("kalm/ingest", "kalm/schema.py"),
+    "generate": ("kalm/synth", "kalm/schema.py", "kalm/models.py", "kalm/text.py"),
+    "ingest": ("kalm/ingest", "kalm/schema.py", "kalm/text.py", "kalm/minhash.py"),
     "filter": ("kalm/filtering", "kalm/schema.py", "kalm/models.py"),
     "train": ("kalm/training", "kalm/schema.py", "kalm/models.py"),
     "evaluate": ("kalm/evaluation", "kalm/models.py"),
