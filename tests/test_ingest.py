@@ -131,3 +131,21 @@ def test_optional_split_that_is_absent_is_skipped_and_reported(shared_data, tmp_
     with pytest.raises(IngestError, match=r"dataset 'x'.*no qrels/train.tsv.*required: false"):
         run_ingest(IngestConfig(datasets=[DatasetSource(name="x", path=shared_data / "scifact", format="beir")]),
                    tmp_path / "req")
+
+
+def test_chinese_near_duplicate_pair_is_removed_across_datasets(shared_data, tmp_path):
+    """Real LCQMC pairs; a second dataset repeats one with a character changed in query and positive."""
+    rows = [json.loads(x) for x in (shared_data / "lcqmc" / "test.jsonl").read_text().splitlines()[:300]]
+    rows = [r for r in rows if r["score"] >= 1]
+    src = next(r for r in rows if len(r["sentence1"]) >= 8 and len(r["sentence2"]) >= 8)
+    twin = {"sentence1": src["sentence1"][:-1] + "呢", "sentence2": src["sentence2"] + "啊", "score": 1}
+    (tmp_path / "twin.jsonl").write_text(json.dumps(twin, ensure_ascii=False) + "\n" +
+                                         json.dumps(rows[-1], ensure_ascii=False) + "\n")
+    cfg = IngestConfig(datasets=[
+        DatasetSource(name="lcqmc", path=shared_data / "lcqmc" / "test.jsonl", format="sts", min_score=1, language="zh"),
+        DatasetSource(name="twin", path=tmp_path / "twin.jsonl", format="sts", min_score=1, language="zh")],
+        decontamination={"enabled": False})
+    r = run_ingest(cfg, tmp_path / "out")
+    s = r.info["per_source"]["twin"]
+    assert s["deduplicated"] == {"exact_duplicate": 1, "near_duplicate": 1} and s["examples"] == 0
+    assert s["first_rows"]["deduplicated:near_duplicate"] == [f"{tmp_path / 'twin.jsonl'} line 1"]
