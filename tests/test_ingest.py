@@ -135,14 +135,15 @@ def test_optional_split_that_is_absent_is_skipped_and_reported(shared_data, tmp_
 
 def test_chinese_near_duplicate_pair_is_removed_across_datasets(shared_data, tmp_path):
     """Real LCQMC pairs; a second dataset repeats one with a character changed in query and positive."""
-    rows = [json.loads(x) for x in (shared_data / "lcqmc" / "test.jsonl").read_text().splitlines()[:300]]
-    rows = [r for r in rows if r["score"] >= 1]
+    lines = (shared_data / "lcqmc" / "test.jsonl").read_text().splitlines()[:2000]
+    (tmp_path / "lcqmc.jsonl").write_text("\n".join(lines) + "\n")
+    rows = [r for r in map(json.loads, lines[:300]) if r["score"] >= 1]
     src = next(r for r in rows if len(r["sentence1"]) >= 8 and len(r["sentence2"]) >= 8)
     twin = {"sentence1": src["sentence1"][:-1] + "呢", "sentence2": src["sentence2"] + "啊", "score": 1}
     (tmp_path / "twin.jsonl").write_text(json.dumps(twin, ensure_ascii=False) + "\n" +
                                          json.dumps(rows[-1], ensure_ascii=False) + "\n")
     cfg = IngestConfig(datasets=[
-        DatasetSource(name="lcqmc", path=shared_data / "lcqmc" / "test.jsonl", format="sts", min_score=1, language="zh"),
+        DatasetSource(name="lcqmc", path=tmp_path / "lcqmc.jsonl", format="sts", min_score=1, language="zh"),
         DatasetSource(name="twin", path=tmp_path / "twin.jsonl", format="sts", min_score=1, language="zh")],
         decontamination={"enabled": False})
     r = run_ingest(cfg, tmp_path / "out")
