@@ -45,7 +45,9 @@ def test_retry_condition_rejects_data_errors():
 
     assert retry_unless_data_error(None, None, State(DataError("bad file"))) is False
     assert retry_unless_data_error(None, None, State(UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "x"))) is False
+    assert retry_unless_data_error(None, None, State(ValueError("3 examples are fewer than one batch"))) is False
     assert retry_unless_data_error(None, None, State(ConnectionError("hub timed out"))) is True
+    assert retry_unless_data_error(None, None, State(RuntimeError("worker lost"))) is True
 
 
 @pytest.mark.slow
