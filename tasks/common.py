@@ -88,6 +88,17 @@ def stage_key(stage: str, cfg: Any, inputs: Iterable[StageResult] = (), *extra: 
                          *(r.content_hash() for r in inputs), *extra])
 
 
+def stage_cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn`` for stage tasks with parameters ``cfg``, ``inputs`` (StageResults)
+    and optionally ``key_extra`` (strings); everything else (run_dir...) is left out."""
+    stage = parameters.get("stage") or context.task.name
+    inputs = parameters.get("inputs") or []
+    if isinstance(inputs, StageResult):
+        inputs = [inputs]
+    extra = parameters.get("key_extra") or []
+    return f"{stage}-{stage_key(stage, parameters['cfg'], inputs, *extra)}"
+
+
 # ---------------------------------------------------------------- content of the files a config names
 def config_paths(cfg: Any) -> list[Path]:
     """Local files and folders a config names: every ``Path`` value, and every string value that is an
@@ -195,3 +206,68 @@ def retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException:
         return True
     return True
+
+
+# ---------------------------------------------------------------- artifacts
+def artifact_key(*parts: str) -> str:
+    """Artifact keys must be lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact fed by a kalm ``Progress`` callback (throttled),
+    mirrored to a tqdm bar on the terminal."""
+
+    def __init__(self, key: str, description: str, min_interval_s: float = 2.0):
+        from prefect.artifacts import create_progress_artifact
+        from tqdm.auto import tqdm
+
+        self.description = description
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._last_fraction = 0.0
+        try:
+            self.artifact_id = create_progress_artifact(progress=0.0, key=artifact_key(key), description=description)
+        except Exception:  # outside a run context (plain function call): terminal only
+            self.artifact_id = None
+        self._bar = tqdm(total=100, desc=description[:40], leave=False, disable=None)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        self._bar.n = round(fraction * 100, 1)
+        self._bar.set_postfix_str(message[:60], refresh=True)
+        now = time.monotonic()
+        if self.artifact_id is None or (now - self._last < self.min_interval_s and fraction < 1.0):
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        self._last, self._last_fraction = now, fraction
+        text = f"{self.description}: {message}" if message else self.description
+        try:
+            update_progress_artifact(self.artifact_id, progress=fraction * 100, description=text)
+        except Exception:  # progress is best effort; the stage's own work must not fail on it
+            pass
+
+    def close(self) -> None:
+        self(1.0, "done")
+        self._bar.close()
+
+
+def publish_summary(result: StageResult, title: Optional[str] = None, extra_markdown: str = "") -> None:
+    """A markdown summary artifact of a stage: counts, metrics, timing, outputs."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"## {title or result.stage}", "", f"took **{result.seconds:.1f} s**", ""]
+    if result.counts:
+        lines += ["| count | value |", "|---|---:|", *[f"| {k} | {v} |" for k, v in sorted(result.counts.items())], ""]
+    if result.metrics:
+        lines += ["| metric | value |", "|---|---:|", *[f"| {k} | {v:.4f} |" for k, v in sorted(result.metrics.items())], ""]
+    if result.outputs:
+        lines += ["outputs:", *[f"- `{p}`" for p in result.outputs], ""]
+    if extra_markdown:
+        lines += [extra_markdown]
+    create_markdown_artifact(
+        markdown="\n".join(lines), key=artifact_key(result.stage, "summary"), description=f"{result.stage} summary"
+    )
