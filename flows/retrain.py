@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from flows.stage_runner import STAGES, StageFailed, run_stage, stored_result
+from flows.stage_runner import STAGES, StageFailed, missing_inputs, run_stage, stored_result
 from kalm.config import RunConfig, load_config
 from kalm.stage import StageResult
 from kalm.store import RunStore, new_run_id
@@ -80,7 +80,7 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
                              str(cfg.runs_dir))
         store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,
                               promoted=decision.get("promoted"), gate=decision)
-        report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg), gate=decision)
+        report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg, ingested), gate=decision)
     except StageFailed:
         store.update_manifest(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _report_failure(store, cfg, report_task)
@@ -103,6 +103,10 @@ def default_run_id(name: str) -> str:
 def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_dir: Optional[Path],
                     evaluate_task, refresh: bool = False) -> dict[str, dict[str, Any]]:
     """Score the trained model, its starting point and any baselines on the same tasks."""
+    gone = missing_inputs(store, "evaluate", [trained])
+    if gone:
+        store.record_stage("evaluate", status="failed", error=f"MissingInputError: {gone}")
+        raise StageFailed(f"stage 'evaluate' failed: MissingInputError: {gone}")
     models = {"trained": str(trained.output("model"))}
     if cfg.evaluate.evaluate_base:
         models = {"base": cfg.train.student, **models}
@@ -122,6 +126,8 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
         store.record_stage("evaluate", status="failed", error=f"{type(e).__name__}: {e}",
                            log_tail=traceback.format_exc()[-3000:])
         raise StageFailed(f"stage 'evaluate' failed: {type(e).__name__}: {e}") from e
+    for label, ref in models.items():  # this run's model, never the path of the run the cached scores came from
+        scores[label] = {**scores[label], "model": ref}
     all_cached = all(set(s.get("cached", [])) >= set(s["tasks"]) for s in scores.values())
     store.record_stage("evaluate", status="cached" if all_cached else "done",
                        seconds=round(time.perf_counter() - start, 2),
@@ -129,10 +135,20 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
     return scores
 
 
-def in_domain_tasks(cfg: RunConfig) -> set[str]:
-    """Evaluation tasks whose train split was ingested (their scores are in-domain)."""
-    folders = {Path(ds.path).parent.name for ds in cfg.ingest.datasets if ds.in_domain and ds.path}
-    return {t.name for t in cfg.evaluate.tasks if t.local in folders}
+def in_domain_tasks(cfg: RunConfig, ingested: Optional[StageResult] = None) -> set[str]:
+    """Evaluation tasks whose train split was ingested (their scores are in-domain).
+
+    A dataset marked ``in_domain`` counts when it gave examples (``ingested``'s stats); an optional one
+    that was skipped (e.g. SciFact, whose local folder has only its test split) leaves its task zero-shot.
+    A dataset's task folder is its ``path`` when that is a folder, else the file's folder.
+    """
+    used = None if ingested is None else set(ingested.info.get("in_domain_sources", []))
+    folders = set()
+    for ds in cfg.ingest.datasets:
+        if ds.in_domain and ds.path and (used is None or ds.name in used):
+            p = Path(ds.path)
+            folders.add(p.name if p.is_dir() else p.parent.name)
+    return {t.name for t in cfg.evaluate.tasks if t.local and Path(t.local).name in folders}
 
 
 def _report_failure(store: RunStore, cfg: RunConfig, report_task) -> None:

@@ -27,6 +27,22 @@ def _outputs_exist(result: StageResult) -> bool:
     return all(Path(p).exists() for p in result.outputs)
 
 
+def missing_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> str | None:
+    """The error text when an input of ``stage`` (an upstream stage's output) is gone, else None.
+
+    A stage rerun alone (``--only``) takes its inputs from the run folder; a file deleted there since
+    cannot reappear by retrying, so the stage stops before it starts and says how to recompute it.
+    """
+    for r in upstream:
+        gone = [Path(p) for p in r.outputs if not Path(p).exists()]
+        if gone:
+            shown = ", ".join(str(p) for p in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+            return (f"input of stage {stage!r} is missing: {shown} (output of stage {r.stage!r}, deleted from the "
+                    f"run folder?). Fix: recompute it and what follows: kalm run --run-id {store.run_id} "
+                    f"--from {r.stage}")
+    return None
+
+
 def adopt(store: RunStore, stage: str, result: StageResult) -> tuple[StageResult, str | None]:
     """Make ``result``'s files part of this run; return the relocated result and the source run id."""
     here = store.root / stage
@@ -54,6 +70,12 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
     store.record_stage(stage, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                        config_hash=config_hash, input_hashes=[r.content_hash() for r in upstream or []])
     start = time.perf_counter()
+    gone = missing_inputs(store, stage, upstream or [])
+    if gone:
+        from kalm.errors import MissingInputError
+
+        store.record_stage(stage, status="failed", seconds=0.0, error=f"MissingInputError: {gone}")
+        raise StageFailed(f"stage {stage!r} failed: MissingInputError: {gone}") from MissingInputError(gone)
     try:
         if os.environ.get("KALM_INJECT_FAULT") == stage:
             # Fault injection for tests and drills: the stage fails as a real error would.

@@ -53,9 +53,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from flows.retrain import retrain
+    from flows.stage_runner import StageFailed
 
-    summary = retrain(config=args.config, run_id=args.run_id, overrides=overrides or None,
-                      only=args.only or None, start=args.start)
+    try:
+        summary = retrain(config=args.config, run_id=args.run_id, overrides=overrides or None,
+                          only=args.only or None, start=args.start)
+    except StageFailed as e:  # the manifest and report hold the details; the user needs the reason and fix
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({k: summary[k] for k in ("run_id", "run_dir", "report")} |
                      {"scores": {m: s.get("average") for m, s in summary["scores"].items()}}))
     return 0

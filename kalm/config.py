@@ -104,11 +104,27 @@ def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: Optional[d
         # "{data_dir}" in any string stands for the local task data folder (a setting, not a fixed path).
         data_dir = cfg.resolved_data_dir()
         cfg = RunConfig.model_validate(_substitute(raw, "{data_dir}", str(data_dir or "<no data_dir>")))
+        cfg = _decontaminate_against_evaluation(cfg, data_dir)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, str(path))) from None
     if check_paths:
         check_config_paths(cfg, source=str(path))
     return cfg
+
+
+def _decontaminate_against_evaluation(cfg: RunConfig, data_dir: Optional[Path]) -> RunConfig:
+    """Ingest's decontamination checks the local folders of the run's evaluation tasks (unless turned off)."""
+    from kalm.ingest.decontaminate import tasks_from_evaluate
+
+    dc = cfg.ingest.decontamination
+    if not (dc.enabled and dc.from_evaluate):
+        return cfg
+    have = {t.name for t in dc.tasks}
+    local, unchecked = tasks_from_evaluate(cfg.evaluate.tasks, data_dir)
+    tasks = dc.tasks + [t for t in local if t.name not in have]
+    unchecked = sorted(set(dc.unchecked) | set(unchecked) | set(cfg.evaluate.benchmarks))
+    return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={
+        "decontamination": dc.model_copy(update={"tasks": tasks, "unchecked": unchecked})})})
 
 
 def _substitute(node: Any, placeholder: str, value: str) -> Any:

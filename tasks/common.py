@@ -1,14 +1,23 @@
 """What every stage task shares: where Prefect keeps its state, the cache key, artifacts.
 
 Cache keys are built from the stage's config section, the *content* hashes of its inputs
-and the source of the ``kalm`` code the stage runs; never from the run id. So a new run of
-an unchanged config reuses every stage, and a changed filter setting recomputes filter and
-what follows, nothing before it.
+(upstream stage outputs, and every local file or folder the config names: datasets, evaluation
+folders, persona files, local model folders) and the source of the ``kalm`` code the stage runs;
+never from the run id or a path alone. So a new run of an unchanged config reuses every stage, a
+changed filter setting recomputes filter and what follows, and a data file edited in place
+recomputes every stage that reads it. Hub datasets key on name, config, split and revision (the
+config's own values).
+
+A stage's data error (:class:`kalm.errors.DataError`: a malformed file, a deleted input) is
+never retried: ``retry_condition_fn=retry_unless_data_error`` on every stage task.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -21,8 +30,8 @@ KALM_DIR = Path(os.environ.get("KALM_HOME", PROJECT_ROOT / ".kalm"))
 
 # Which kalm sources each stage's output depends on (its "code version").
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "generate": ("kalm/synth", "kalm/schema.py", "kalm/models.py"),
-    "ingest": ("kalm/ingest", "kalm/schema.py"),
+    "generate": ("kalm/synth", "kalm/schema.py", "kalm/models.py", "kalm/text.py"),
+    "ingest": ("kalm/ingest", "kalm/schema.py", "kalm/text.py", "kalm/minhash.py"),
     "filter": ("kalm/filtering", "kalm/schema.py", "kalm/models.py"),
     "train": ("kalm/training", "kalm/schema.py", "kalm/models.py"),
     "evaluate": ("kalm/evaluation", "kalm/models.py"),
@@ -73,9 +82,10 @@ def code_version(stage: str) -> str:
 
 
 def stage_key(stage: str, cfg: Any, inputs: Iterable[StageResult] = (), *extra: str) -> str:
-    """The cache key of one stage run: config + input contents + code, no run id."""
+    """The cache key of one stage run: config + content of the files it names + input contents + code, no run id."""
     cfg_json = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
-    return hash_strings([stage, cfg_json, code_version(stage), *(r.content_hash() for r in inputs), *extra])
+    return hash_strings([stage, cfg_json, code_version(stage), config_files_fingerprint(cfg),
+                         *(r.content_hash() for r in inputs), *extra])
 
 
 def stage_cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
@@ -87,6 +97,115 @@ def stage_cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
         inputs = [inputs]
     extra = parameters.get("key_extra") or []
     return f"{stage}-{stage_key(stage, parameters['cfg'], inputs, *extra)}"
+
+
+# ---------------------------------------------------------------- content of the files a config names
+def config_paths(cfg: Any) -> list[Path]:
+    """Local files and folders a config names: every ``Path`` value, and every string value that is an
+    existing path (e.g. a local model folder); ``pkg:`` references and hub names are not paths."""
+    found: set[Path] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, Path):
+            found.add(v)
+        elif isinstance(v, str):
+            if v and not v.startswith("pkg:") and "\n" not in v and len(v) < 4096 and ("/" in v or "." in v):
+                try:
+                    if Path(v).exists():
+                        found.add(Path(v))
+                except OSError:
+                    pass
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk(cfg.model_dump() if hasattr(cfg, "model_dump") else cfg)
+    return sorted(found, key=str)
+
+
+def config_files_fingerprint(cfg: Any) -> str:
+    """One hash of the content of every local file/folder ``cfg`` names (missing ones count as missing)."""
+    return hash_strings(f"{p}={content_hash(p) if p.exists() else 'missing'}" for p in config_paths(cfg))
+
+
+_memo_lock = threading.Lock()
+RACY_NS = 2_000_000_000  # a file changed within 2 s of its hashing may change again in the same mtime tick
+
+
+def _memo_db() -> sqlite3.Connection:
+    d = KALM_DIR / "cache"
+    d.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(d / "content-hashes.sqlite", timeout=30)
+    db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT PRIMARY KEY, stat TEXT, sha TEXT, hashed_ns INTEGER)")
+    return db
+
+
+def file_content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered by (path, device, inode, size, mtime, ctime).
+
+    The memo only saves re-reading: it is used when every one of those is unchanged *and* the file
+    was last modified more than 2 s before it was hashed (git's "racy" rule: an edit within the same
+    timestamp tick could otherwise keep mtime and size). ctime cannot be set by users (``touch -d``
+    changes it), so content changed in place is always hashed again.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stat = json.dumps([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    with _memo_lock:
+        try:
+            db = _memo_db()
+            row = db.execute("SELECT stat, sha, hashed_ns FROM h WHERE path = ?", (str(path),)).fetchone()
+        except sqlite3.Error:
+            db, row = None, None
+        if row and row[0] == stat and row[2] - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+            db.close()
+            return row[1]
+    hashed_ns = time.time_ns()
+    sha = hash_file(path)
+    with _memo_lock:
+        try:
+            if db is None:
+                db = _memo_db()
+            db.execute("INSERT OR REPLACE INTO h VALUES (?, ?, ?, ?)", (str(path), stat, sha, hashed_ns))
+            db.commit()
+            db.close()
+        except sqlite3.Error:  # the memo is an optimisation; a locked or read-only cache only costs time
+            pass
+    return sha
+
+
+def content_hash(path: Path) -> str:
+    """Content hash of a file, or of a folder (relative names and file contents, sorted; hidden and
+    temporary files skipped, as ``kalm.store.hash_path``)."""
+    path = Path(path)
+    if path.is_file():
+        return file_content_hash(path)
+    parts = [f"{p.relative_to(path).as_posix()}:{file_content_hash(p)}" for p in sorted(path.rglob("*"))
+             if p.is_file() and not p.name.startswith(".") and ".tmp-" not in p.name]
+    return hash_strings(parts)
+
+
+# ---------------------------------------------------------------- retries
+NOT_RETRIED = (ValueError, TypeError)  # DataError, UnicodeDecodeError and pydantic's ValidationError among them
+
+
+def retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry what a retry can fix (a lost connection, a killed worker, a
+    full disk freed meanwhile), never a data or config error -- :class:`kalm.errors.DataError`, and
+    ``ValueError``/``TypeError`` in general (the same inputs give the same error, after the retry delay)."""
+    exc = getattr(state, "data", None)
+    if isinstance(exc, BaseException):
+        return not isinstance(exc, NOT_RETRIED)
+    try:
+        state.result(raise_on_failure=True)
+    except NOT_RETRIED:
+        return False
+    except BaseException:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------- artifacts

@@ -77,6 +77,9 @@ def evaluate_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], 
     else:
         scorer = score_task.with_options(refresh_cache=True) if refresh else score_task
         summary = _marked_if_cached(scorer(model_ref, cfg, data_dir, str(out), label, refresh, return_state=True))
+        # Scores served from the cache name the model path of the run that computed them (maybe deleted
+        # since): this run records its own model (case 13).
+        summary = {**summary, "model": model_ref}
     if not restore_outputs(summary, out):
         # Prefect's cache held the scores but kalm's results cache lost the files: compute again.
         summary = score_task.with_options(refresh_cache=True)(model_ref, cfg, data_dir, str(out), label, True)

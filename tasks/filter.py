@@ -8,10 +8,12 @@ from prefect import task
 
 from kalm.filtering.config import FilterConfig
 from kalm.stage import StageResult
-from tasks.common import KALM_DIR, ProgressArtifact, publish_summary, results_dir, stage_cache_key_fn
+from tasks.common import (KALM_DIR, ProgressArtifact, publish_summary, results_dir, retry_unless_data_error,
+                          stage_cache_key_fn)
 
 
-@task(name="filter", retries=1, retry_delay_seconds=5, cache_key_fn=stage_cache_key_fn, persist_result=True,
+@task(name="filter", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_data_error,
+      cache_key_fn=stage_cache_key_fn, persist_result=True,
       result_storage=results_dir(), tags=["gpu"])
 def filter_task(cfg: FilterConfig, inputs: list[StageResult], run_dir: str) -> StageResult:
     from kalm.filtering.stage import run_filter

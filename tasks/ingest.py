@@ -1,26 +1,37 @@
-"""Prefect task: ingest open datasets into the example schema."""
+"""Prefect task: ingest open datasets into the example schema (sharded Parquet)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from kalm.ingest.config import IngestConfig
 from kalm.stage import StageResult
-from tasks.common import ProgressArtifact, publish_summary, results_dir, stage_cache_key_fn
+from tasks.common import ProgressArtifact, publish_summary, results_dir, retry_unless_data_error, stage_cache_key_fn
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, cache_key_fn=stage_cache_key_fn,
-      persist_result=True, result_storage=results_dir())
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_data_error,
+      cache_key_fn=stage_cache_key_fn, persist_result=True, result_storage=results_dir())
 def ingest_task(cfg: IngestConfig, run_dir: str) -> StageResult:
     from kalm.ingest.stage import run_ingest
 
+    logger = get_run_logger()
     progress = ProgressArtifact("ingest-progress", "Ingesting open datasets")
     result = run_ingest(cfg, Path(run_dir) / "ingest", progress=progress)
     progress.close()
-    rows = ["| source | rows read | examples | in-domain | task types |", "|---|---:|---:|---|---|"]
     for name, s in result.info["per_source"].items():
-        rows.append(f"| {name} | {s['rows_read']} | {s['examples']} | {'yes' if s['in_domain'] else 'no'} | {s['task_types']} |")
-    publish_summary(result, "ingest", "\n".join(rows))
+        logger.info("dataset %s: format %s (%s); %d rows read -> %d examples; dropped %s; decontaminated %s; "
+                    "deduplicated %s", name, s["format"], s["format_reason"], s["rows_read"], s["examples"],
+                    s["dropped"] or 0, s["decontaminated"] or 0, s["deduplicated"] or 0)
+    for name, why in result.info.get("skipped_datasets", {}).items():
+        logger.info("dataset %s skipped: %s", name, why)
+    publish_summary(result, "ingest", ingest_markdown(result.info))
     return result
+
+
+def ingest_markdown(info: dict) -> str:
+    """Per dataset: format, rows read, examples, drops by reason (first lines), decontamination, dedup."""
+    from kalm.evaluation.report import ingest_table
+
+    return "\n".join(ingest_table(info))

@@ -8,10 +8,11 @@ from prefect import task
 
 from kalm.stage import StageResult
 from kalm.training.config import TrainConfig
-from tasks.common import ProgressArtifact, publish_summary, results_dir, stage_cache_key_fn
+from tasks.common import ProgressArtifact, publish_summary, results_dir, retry_unless_data_error, stage_cache_key_fn
 
 
-@task(name="train", retries=1, retry_delay_seconds=10, cache_key_fn=stage_cache_key_fn, persist_result=True,
+@task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_data_error,
+      cache_key_fn=stage_cache_key_fn, persist_result=True,
       result_storage=results_dir(), tags=["gpu"])
 def train_task(cfg: TrainConfig, inputs: list[StageResult], run_dir: str) -> StageResult:
     from prefect.artifacts import create_table_artifact

@@ -128,6 +128,35 @@ def _subset_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
             if notes else [])
 
 
+def ingest_table(info: dict[str, Any]) -> list[str]:
+    """Markdown lines: per ingested dataset, rows read, examples, dropped by reason, decontaminated
+    (per evaluation task), deduplicated, sampled out; ``info`` is the ingest StageResult's info."""
+    per = (info or {}).get("per_source") or {}
+    skipped = (info or {}).get("skipped_datasets") or {}
+    if not per and not skipped:
+        return []
+
+    def counts(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "0"
+
+    lines = ["## Training data (ingest)", "",
+             "| dataset | format | rows read | examples | dropped (by reason) | decontaminated (by task) "
+             "| deduplicated | sampled out | in-domain |", "|---|---|---:|---:|---|---|---|---:|---|"]
+    for name, s in per.items():
+        lines.append(f"| {name} | {s.get('format', '')} | {s.get('rows_read', 0)} | {s.get('examples', 0)} "
+                     f"| {counts(s.get('dropped'))} | {counts(s.get('decontaminated'))} "
+                     f"| {counts(s.get('deduplicated'))} | {s.get('sampled_out', 0)} "
+                     f"| {'yes' if s.get('in_domain') else 'no'} |")
+    for name, why in skipped.items():
+        lines.append(f"| {name} | skipped: {why} | 0 | 0 | | | | | no |")
+    lines.append("")
+    firsts = [f"- {name} / {reason}: {', '.join(rows)}" for name, s in per.items()
+              for reason, rows in (s.get("first_rows") or {}).items() if rows and not reason.startswith("dedup")]
+    if firsts:
+        lines += ["First rows of each drop reason:", "", *firsts, ""]
+    return lines
+
+
 def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], out_dir: Path,
                  in_domain_tasks: set[str] = frozenset(), failures: Optional[dict[str, str]] = None,
                  gate: Optional[dict[str, Any]] = None) -> Path:
@@ -167,6 +196,7 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
                   f"{gate.get('reason', '')}", ""]
     lines += _eval_time_lines(scores)
 
+    lines += ingest_table(((stages.get("ingest") or {}).get("result") or {}).get("info") or {})
     lines += ["## Stages", ""]
     lines += _stage_rows(stages) if stages else ["(no stage recorded)"]
     lines.append("")

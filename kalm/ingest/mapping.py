@@ -1,99 +1,52 @@
-"""Map a dataset's raw rows to examples, by the source's ``format``."""
+"""Map in-memory rows with a format (small data, tests): the stage itself streams files.
+
+``map_rows(src, rows)`` runs the format mapper of ``src`` over a list of row dicts and returns
+the examples (checked, cleaned, in the example schema), as the stage would write them before
+decontamination and deduplication.
+"""
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
-from typing import Any, Callable
+import tempfile
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
 
 from kalm.ingest.config import DatasetSource
-from kalm.ingest.readers import IngestError
-from kalm.schema import Example
-
-DEFAULT_TASK_TYPE = {"pairs": "retrieval", "sts": "sts", "classification": "classification"}
-
-
-def _field(src: DatasetSource, row: dict[str, Any], name: str, default: str | None = None, i: int = 0) -> Any:
-    column = src.fields.get(name, default or name)
-    if column not in row:
-        raise IngestError(
-            f"dataset {src.name!r}, row {i}: no column {column!r} for field {name!r}; "
-            f"columns are {sorted(row)}. Map it with fields: {{{name}: <column>}}"
-        )
-    return row[column]
+from kalm.ingest.examples import clean_examples, to_schema
+from kalm.ingest.fields import SourceStats
+from kalm.ingest.formats import MAPPERS, Context
+from kalm.ingest.readers import Batch, RowSource
+from kalm.schema import Example, iter_examples
 
 
-def _example(src: DatasetSource, task_type: str, query: str, positive: str, negatives: list[str], **meta: Any) -> Example:
-    return Example(
-        task_type=task_type, instruction=src.instruction, query=str(query).strip(), positive=str(positive).strip(),
-        negatives=[str(n).strip() for n in negatives], language=src.language, source=src.name,
-        metadata={"in_domain": src.in_domain, **meta},
-    )
+class TableSource(RowSource):
+    def __init__(self, table: pa.Table, label: str = "<rows>"):
+        self.table, self.label = table, label
+
+    def batches(self, batch_size: int = 8192, hint=None) -> Iterator[Batch]:
+        for start in range(0, max(self.table.num_rows, 1), batch_size or 8192):
+            t = self.table.slice(start, batch_size or 8192)
+            yield Batch(t, np.arange(start + 1, start + 1 + t.num_rows, dtype=np.int64), self.label, "row")
 
 
-def map_pairs(src: DatasetSource, rows: list[dict[str, Any]], rng: random.Random) -> list[Example]:
-    task_type = src.task_type or DEFAULT_TASK_TYPE["pairs"]
+def map_rows(src: DatasetSource, rows: list[dict[str, Any]], stats: Optional[SourceStats] = None) -> list[Example]:
+    fmt = src.format if src.format != "auto" else "pairs"
+    mapper = MAPPERS[fmt]
+    stats = stats or SourceStats(src.name)
+    source = TableSource(pa.Table.from_pylist(rows))
     out = []
-    for i, row in enumerate(rows):
-        negs = row.get(src.fields.get("negatives", "negatives")) or []
-        negs = [negs] if isinstance(negs, str) else list(negs)
-        out.append(_example(src, task_type, _field(src, row, "query", i=i), _field(src, row, "positive", i=i), negs))
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Context(workdir=tmp)
+        for mapped in mapper.examples(src, source, stats, ctx):
+            table = to_schema(clean_examples(mapped, stats), src, src.task_type or mapper.task_type)
+            out += list(iter_examples(table.select(list(table.column_names[:10]))))
     return out
 
 
-def map_sts(src: DatasetSource, rows: list[dict[str, Any]], rng: random.Random) -> list[Example]:
-    """STS pairs scoring at least ``min_score`` (0-5 scale) become query/positive pairs."""
-    task_type = src.task_type or DEFAULT_TASK_TYPE["sts"]
-    out = []
-    for i, row in enumerate(rows):
-        score = float(_field(src, row, "score", i=i))
-        if score >= src.min_score:
-            s1, s2 = _field(src, row, "sentence1", i=i), _field(src, row, "sentence2", i=i)
-            if str(s1).strip() and str(s2).strip() and str(s1).strip() != str(s2).strip():
-                out.append(_example(src, task_type, s1, s2, [], score=score))
-    return out
-
-
-def map_classification(src: DatasetSource, rows: list[dict[str, Any]], rng: random.Random) -> list[Example]:
-    """Text/label rows: query = a text, positive = another text of its label, negative = a text of another label.
-
-    Embedding classification is nearest-neighbour-like (mteb fits a logistic regression on
-    embeddings), so pulling same-label texts together is the signal that helps; the trainer
-    does not use in-batch negatives for this task type (they may share the label).
-    """
-    task_type = src.task_type or DEFAULT_TASK_TYPE["classification"]
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        text = str(_field(src, row, "text", i=i)).strip()
-        if text:
-            by_label[str(_field(src, row, "label", i=i))].append(text)
-    labels = sorted(by_label)
-    if len(labels) < 2:
-        raise IngestError(f"dataset {src.name!r}: classification needs at least 2 labels, found {labels}")
-    out = []
-    for label in labels:
-        texts = by_label[label]
-        if len(texts) < 2:
-            continue
-        for j, text in enumerate(texts):
-            positive = texts[(j + 1 + rng.randrange(len(texts) - 1)) % len(texts)]
-            if positive == text:
-                continue
-            other = rng.choice([lab for lab in labels if lab != label])
-            out.append(_example(src, task_type, text, positive, [rng.choice(by_label[other])], label=label))
-    return out
-
-
-def map_examples(src: DatasetSource, rows: list[dict[str, Any]], rng: random.Random) -> list[Example]:
-    out = []
-    for i, row in enumerate(rows):
-        try:
-            out.append(Example.model_validate({**row, "source": row.get("source") or src.name}))
-        except Exception as e:
-            raise IngestError(f"dataset {src.name!r}, row {i}: not a kalm example: {e}") from e
-    return out
-
-
-MAPPERS: dict[str, Callable[[DatasetSource, list[dict[str, Any]], random.Random], list[Example]]] = {
-    "pairs": map_pairs, "sts": map_sts, "classification": map_classification, "examples": map_examples,
-}
+def map_classification(src: DatasetSource, rows: list[dict[str, Any]],
+                       rng: Optional[random.Random] = None) -> list[Example]:
+    """Classification rows -> examples (``rng`` is unused: pairing is seeded by ``src.seed``)."""
+    return map_rows(src.model_copy(update={"format": "classification"}), rows)

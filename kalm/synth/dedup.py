@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-
-def _shingles(text: str, n: int = 3) -> set[str]:
-    words = re.findall(r"\w+", text.lower())
-    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))} or {text.lower()}
+from kalm.text import shingles as _shingles  # word 3-grams; character bigrams for Chinese/Japanese/Thai
 
 
 def deduplicate(rows: list[dict[str, Any]], threshold: float, num_perm: int = 64) -> tuple[list[dict], dict[str, int]]:

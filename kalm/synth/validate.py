@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from typing import Any, Optional, TypeVar
@@ -109,21 +108,9 @@ def check_example(answer: ExampleAnswer, language: str, detect=None, prompt: str
     return None
 
 
-_LANGID_SET = ["en", "zh", "es", "fr", "de", "it", "pt", "nl", "pl", "ru", "ja", "ko", "ar", "hi", "tr", "sv"]
-
-
-@functools.lru_cache(maxsize=8)
-def _identifier(languages: tuple[str, ...]):
-    # py3langid: langid.py's model and results, loaded in ~0.3 s instead of langid.py's ~2 s; once
-    # per process, not once per shard. Read-only after set_languages, so shard threads share it.
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    identifier.set_languages(list(languages))
-    return identifier
-
-
 def language_detector(languages: list[str]):
-    """langid restricted to major languages plus the configured ones (short texts confuse the full set)."""
-    identifier = _identifier(tuple(sorted(set(_LANGID_SET) | set(languages))))
-    return lambda text: identifier.classify(text)[0]
+    """``text -> language``: script rules for short Chinese/Japanese/Korean texts, then langid over major
+    languages plus the configured ones (short texts confuse the full set): :mod:`kalm.text`."""
+    from kalm.text import language_detector as detector
+
+    return detector(languages)

@@ -1,0 +1,134 @@
+"""Bad rows never poison the data: dropped and counted by reason with their lines, or, where a whole
+column is wrong, one clear error before any work (cases 01, 03, 05 of ../shared/cases)."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kalm.config import load_config
+from kalm.errors import DataError
+from kalm.ingest.config import DatasetSource, IngestConfig
+from kalm.ingest.readers import IngestError
+from kalm.ingest.stage import run_ingest
+from kalm.schema import read_examples
+
+CASES = Path(__file__).resolve().parent.parent.parent / "shared" / "cases"
+
+
+@pytest.fixture
+def cases() -> Path:
+    if not CASES.is_dir():
+        pytest.skip("../shared/cases is absent")
+    return CASES
+
+
+def _rows(result):
+    return read_examples(result.parquet_files()).to_pylist()
+
+
+def test_case03_null_and_blank_fields_are_dropped_and_counted(cases, tmp_path):
+    cfg = load_config(cases / "03-null-or-blank-query" / "config.yaml")
+    r = run_ingest(cfg.ingest, tmp_path / "a")
+    s = r.info["per_source"]["blankq"]
+    f = str(cases / "03-null-or-blank-query" / "pairs.jsonl").replace(str(CASES), "../shared/cases")
+    assert s["rows_read"] == 6 and s["examples"] == 3
+    assert s["dropped"] == {"query_null": 1, "positive_blank": 1, "query_blank": 1}
+    assert s["first_rows"]["query_null"] == [f"{f} line 2"]
+    assert s["first_rows"]["positive_blank"] == [f"{f} line 4"]
+    assert s["first_rows"]["query_blank"] == [f"{f} line 5"]
+    assert r.counts["dropped"] == 3
+
+    cfg = load_config(cases / "03-null-or-blank-query" / "config_null_query.yaml")
+    r = run_ingest(cfg.ingest, tmp_path / "b")
+    rows = _rows(r)
+    assert len(rows) == 4 and not any(x["query"] in ("None", "null", "") for x in rows)  # never the text "None"
+    assert r.info["per_source"]["nullq"]["dropped"] == {"query_null": 1}
+
+
+def test_case01_list_where_one_text_belongs_fails_before_any_work(cases, tmp_path):
+    cfg = load_config(cases / "01-flagembedding-pos-list" / "config.yaml")
+    with pytest.raises(IngestError) as e:
+        run_ingest(cfg.ingest, tmp_path / "out")
+    msg = str(e.value)
+    assert "dataset 'fe-train'" in msg and "train_fe.jsonl line 1" in msg
+    assert "field 'positive' (column 'pos') holds a list" in msg and "format: flagembedding" in msg
+    assert not list((tmp_path / "out").glob("*.parquet"))  # nothing written
+    assert isinstance(e.value, DataError)  # never retried
+
+
+def test_case05_non_utf8_file_names_file_line_and_byte(cases, tmp_path):
+    cfg = load_config(cases / "05-non-utf8-bytes" / "config.yaml")
+    with pytest.raises(IngestError, match=r"dataset 'latin1': .*pairs_latin1.jsonl line 1, column 59 \(byte offset 58\): "
+                                          r"bytes e9 are not UTF-8.*Fix: re-save it as UTF-8"):
+        run_ingest(cfg.ingest, tmp_path / "out")
+
+
+def test_bad_byte_far_into_a_file_is_found_at_its_line_and_nothing_is_left_behind(tmp_path):
+    f = tmp_path / "big.jsonl"
+    lines = [json.dumps({"query": f"question {i}", "positive": f"answer {i}"}).encode() for i in range(20_000)]
+    lines[15_000] = '{"query": "caf\xe9 hours", "positive": "seven"}'.encode("latin-1")
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    offset = sum(len(x) + 1 for x in lines[:15_000]) + len(b'{"query": "caf')
+    src = DatasetSource(name="big", path=f, format="pairs")
+    with pytest.raises(IngestError, match=rf"big.jsonl line 15001, column 15 \(byte offset {offset}\)"):
+        run_ingest(IngestConfig(datasets=[src], dedup={"enabled": False}), tmp_path / "out")
+    assert not (tmp_path / "out" / "big.parquet").exists()
+
+
+def test_scattered_lists_and_numbers_are_dropped_with_their_lines(tmp_path):
+    rows = [{"query": f"question {i}", "positive": f"answer {i}"} for i in range(10)]
+    rows[3]["positive"] = ["a", "list"]
+    rows[6]["query"] = 42
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows[:5]) + "\n\n" + "\n".join(json.dumps(r) for r in rows[5:]) + "\n")
+    r = run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
+    s = r.info["per_source"]["p"]
+    assert s["dropped"] == {"positive_is_list": 1, "query_not_text": 1} and s["examples"] == 8
+    assert s["first_rows"]["positive_is_list"] == [f"{f} line 4"]
+    assert s["first_rows"]["query_not_text"] == [f"{f} line 8"]  # the blank line 6 is counted
+    assert not any(x["positive"].startswith("[") for x in _rows(r))
+
+
+def test_whole_wrong_column_in_parquet_fails_before_any_dataset_is_written(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
+    pq.write_table(pa.table({"query": [1, 2], "positive": ["a", "b"]}), tmp_path / "bad.parquet")
+    cfg = IngestConfig(datasets=[DatasetSource(name="good", path=good),
+                                 DatasetSource(name="bad", path=tmp_path / "bad.parquet")])
+    with pytest.raises(IngestError, match=r"dataset 'bad': .*bad.parquet row 1: field 'query' holds a number, not one text"):
+        run_ingest(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "good.parquet").exists()  # checked before any work
+
+
+def test_negatives_equal_to_positive_or_query_are_removed_and_counted(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"query": "How do I reset a router?", "positive": "Hold the reset button.",
+                             "negatives": ["hold the  RESET button.", "how do i reset a router?", " ", None,
+                                           "Routers forward packets."]}) + "\n")
+    r = run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
+    assert _rows(r)[0]["negatives"] == ["Routers forward packets."]
+    assert r.info["per_source"]["p"]["negatives_removed"] == {
+        "negative_equals_positive": 1, "negative_equals_query": 1, "negatives_blank_item": 2}
+
+
+def test_query_equal_to_positive_is_dropped(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"query": "Same text.", "positive": " same  TEXT. "}) + "\n" +
+                 json.dumps({"query": "a", "positive": "b"}) + "\n")
+    r = run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
+    assert r.info["per_source"]["p"]["dropped"] == {"query_equals_positive": 1} and r.counts["examples"] == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"query": "q", "positive": "p"}\n{"query": "q2", positive: "p"}\n',
+     r"line 2, column 17: not valid JSON \(Expecting property name"),
+    ('[{"query": "q", "positive": "p"}]\n', r"line 1: holds a JSON list, not an object"),
+])
+def test_malformed_json_lines_name_the_line(tmp_path, content, message):
+    f = tmp_path / "p.jsonl"
+    f.write_text(content)
+    with pytest.raises(IngestError, match=message):
+        run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
