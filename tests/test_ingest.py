@@ -150,3 +150,30 @@ def test_chinese_near_duplicate_pair_is_removed_across_datasets(shared_data, tmp
     s = r.info["per_source"]["twin"]
     assert s["deduplicated"] == {"exact_duplicate": 1, "near_duplicate": 1} and s["examples"] == 0
     assert s["first_rows"]["deduplicated:near_duplicate"] == [f"{tmp_path / 'twin.jsonl'} line 1"]
+
+
+def test_swap_positives_plants_a_known_share_of_wrong_pairs(shared_data, tmp_path):
+    """The levers experiment's knob: a stated share of STS-B pairs get another pair's positive, marked."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from kalm.ingest.config import DatasetSource, IngestConfig
+    from kalm.ingest.stage import run_ingest
+
+    def ingest(share):
+        src = DatasetSource(name="stsb", path=shared_data / "stsb_en" / "train.jsonl", format="sts", min_score=4.0,
+                            swap_positives=share, seed=3)
+        result = run_ingest(IngestConfig(datasets=[src], dedup={"enabled": False}), tmp_path / f"s{share}")
+        return result, pq.read_table(tmp_path / f"s{share}" / "stsb.parquet").to_pylist()
+
+    clean, rows = ingest(0.0)
+    noisy, swapped = ingest(0.25)
+    assert clean.info["per_source"]["stsb"]["planted_wrong"] == 0
+    planted = [r for r in swapped if json.loads(r["metadata"]).get("planted") == "swapped_positive"]
+    n = noisy.info["per_source"]["stsb"]["planted_wrong"]
+    assert n == len(planted) and abs(n - 0.25 * len(rows)) <= 2
+    assert [r["query"] for r in swapped] == [r["query"] for r in rows]  # same examples, same order
+    changed = [i for i, (a, b) in enumerate(zip(rows, swapped)) if a["positive"] != b["positive"]]
+    assert changed == [i for i, r in enumerate(swapped) if json.loads(r["metadata"]).get("planted")]
+    assert [r["positive"] for r in ingest(0.25)[1]] == [r["positive"] for r in swapped]  # seeded

@@ -66,6 +66,11 @@ class DatasetSource(Strict):
     required: bool = Field(True, description="false: a local split that does not exist is skipped and reported, "
                                              "not an error (e.g. a task folder that has only a test split)")
     seed: int = 0
+    swap_positives: float = Field(
+        0.0, ge=0, lt=1, description="EXPERIMENTS ONLY: this share of the dataset's examples gets another "
+                                     "example's positive (seeded), the way web-mined pairs are wrong; marked "
+                                     "metadata planted='swapped_positive' so the filter's precision and recall "
+                                     "on them can be measured (configs/cpu-levers.yaml). Never for real training")
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSource":

@@ -41,6 +41,7 @@ class SourceStats:
     decontaminated: Counter = field(default_factory=Counter)  # evaluation task -> examples removed
     deduplicated: Counter = field(default_factory=Counter)  # exact_duplicate / near_duplicate
     sampled_out: int = 0  # examples over max_rows
+    planted_wrong: int = 0  # swap_positives (experiments): examples given another example's positive
     task_types: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
@@ -67,7 +68,7 @@ class SourceStats:
             "decontaminated_total": sum(self.decontaminated.values()),
             "deduplicated": dict(sorted(self.deduplicated.items())),
             "deduplicated_total": sum(self.deduplicated.values()),
-            "sampled_out": self.sampled_out, "task_types": dict(sorted(self.task_types.items())),
+            "sampled_out": self.sampled_out, "planted_wrong": self.planted_wrong, "task_types": dict(sorted(self.task_types.items())),
             "notes": self.notes,
         }
 

@@ -32,6 +32,7 @@ from kalm.ingest.dedup import Deduplicator, dedup_report
 from kalm.ingest.examples import GROUP_KEY, clean_examples, to_schema
 from kalm.ingest.fields import SourceStats
 from kalm.ingest.formats import MAPPERS, Context, Mapper, detect_format
+from kalm.ingest.noise import swap_positives
 from kalm.ingest.formats.beir import BeirSource, hub_beir, local_beir
 from kalm.ingest.readers import (ChainSource, IngestError, ParquetSource, RowSource, file_source, hub_source,
                                  local_split)
@@ -200,9 +201,16 @@ def _ingest_one(plan: Plan, cfg: IngestConfig, ctx: Context, out: Path, decon: O
     task_type = src.task_type or mapper.task_type
     sampler = Sampler(src.max_rows, src.seed) if src.max_rows else None
 
+    batches = 0
+
     def finish(table, sigs=None):
+        nonlocal batches
         if dedup is not None:
             table = dedup.apply(table, stats, sigs)
+        if src.swap_positives:
+            table, planted = swap_positives(table, src.swap_positives, src.seed, batches)
+            stats.planted_wrong += planted
+        batches += 1
         stats.examples += table.num_rows
         stats.task_types.update(table.column("task_type").to_pylist())
         return table
