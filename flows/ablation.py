@@ -1,9 +1,11 @@
-"""Ablations: variants of one config that share every cached stage they have in common.
+"""Ablations: variants of one config, each run with several seeds, compared by paired intervals.
 
-Each variant is the retrain flow with a few overrides; because stage cache keys are content
-hashes of config + inputs, the variants reuse each other's generate/ingest/filter outputs and
-only recompute what their overrides change. One comparison table (markdown, Prefect table
-artifact, PNG) answers: does each KaLM lever move quality here?
+Each (variant, seed) is the retrain flow with the variant's overrides and the seed as data
+and training seed; because stage cache keys are content hashes of config + inputs, runs share
+every stage they have in common (all variants of one seed share generate and ingest; the
+filter is shared by every variant that leaves it alone). One table (markdown, JSON, Prefect
+artifacts, PNG with error bars) answers: does each KaLM lever move quality here, beyond the
+seed-to-seed noise?
 """
 
 from __future__ import annotations
@@ -12,92 +14,97 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from prefect import flow, get_run_logger
 
-from flows.retrain import retrain
-from kalm.config import load_config
-from kalm.store import atomic_write_text
-
-# name -> (overrides, what it tests)
-VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
-    "filtered": ({}, "the full recipe: ranking-consistency filter, semi-homogeneous batches, hard negatives, personas"),
-    "no-filter": ({"filter.enabled": False}, "trained without ranking-consistency filtering"),
-    "random-batches": ({"train.sampler": "random"}, "random (mixed-task) batches"),
-    "homogeneous-batches": ({"train.sampler": "homogeneous"}, "fully homogeneous (single-task) batches"),
-    "no-persona-data": ({"generate.enabled": False}, "without persona-based synthetic data"),
-    "no-hard-negatives": ({"train.num_hard_negatives": 0}, "in-batch negatives only"),
-}
+from flows.retrain import in_domain_tasks, retrain
+from kalm.ablation.stats import AVERAGE, render_markdown, seed_overrides, summarize, verdict
+from kalm.config import load_config, preset_path
+from kalm.store import atomic_write_json, atomic_write_text
 
 
 @flow(name="ablation", log_prints=True)
 def ablation(config: str = "cpu-demo", variants: Optional[list[str]] = None,
-             overrides: Optional[dict[str, Any]] = None, ablation_id: Optional[str] = None) -> dict[str, Any]:
-    """Run each variant (default: all) and write the comparison table."""
+             overrides: Optional[dict[str, Any]] = None, ablation_id: Optional[str] = None,
+             seeds: Optional[list[int]] = None) -> dict[str, Any]:
+    """Run each variant (default: the config's ``ablation.variants``) for each seed and write the comparison."""
     logger = get_run_logger()
-    chosen = variants or list(VARIANTS)
-    unknown = [v for v in chosen if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     cfg = load_config(config, overrides)
+    spec = cfg.ablation
+    chosen = variants or list(spec.variants)
+    unknown = [v for v in chosen if v not in spec.variants]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}: choose from {', '.join(spec.variants)}")
+    if spec.reference not in chosen:
+        chosen = [spec.reference, *chosen]  # differences need the reference on the same seeds
+    seeds = list(seeds if seeds is not None else spec.seeds)
+    raw_datasets = _raw_datasets(config, overrides)
     ablation_id = ablation_id or time.strftime("ablation-%Y%m%d-%H%M%S")
     out_dir = Path(cfg.runs_dir).resolve() / ablation_id
-    scores: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[int, dict[str, Any]]] = {}
+    base: Optional[dict[str, Any]] = None
     seconds: dict[str, float] = {}
-    for name in chosen:
-        start = time.perf_counter()
-        # Variants are experiments: they are scored against the current model but never promoted.
-        summary = retrain(config=config, run_id=f"{ablation_id}-{name}",
-                          overrides={**(overrides or {}), "evaluate.promote": False, **VARIANTS[name][0]})
-        seconds[name] = time.perf_counter() - start
-        if "base" not in scores and "base" in summary["scores"]:
-            scores["base (no training)"] = summary["scores"]["base"]
-        scores[name] = summary["scores"]["trained"]
-        logger.info("%s: average %.4f (%.0f s)", name, scores[name]["average"], seconds[name])
-    table = comparison_rows(scores)
-    markdown = render(table, seconds)
+    for seed in seeds:
+        for name in chosen:
+            start = time.perf_counter()
+            # Variants are experiments: scored against the current model but never promoted.
+            run_overrides = {**(overrides or {}), **seed_overrides(raw_datasets, seed), "evaluate.promote": False,
+                             **spec.variants[name].overrides}
+            summary = retrain(config=config, run_id=f"{ablation_id}-{name}-s{seed}", overrides=run_overrides)
+            seconds[f"{name}/s{seed}"] = time.perf_counter() - start
+            if base is None and "base" in summary["scores"]:
+                base = summary["scores"]["base"]
+            scores.setdefault(name, {})[seed] = summary["scores"]["trained"]
+            logger.info("%s seed %d: average %.4f (%.0f s)", name, seed, scores[name][seed]["average"],
+                        seconds[f"{name}/s{seed}"])
+    table = summarize(scores, spec.reference, spec.confidence)
+    zero_shot = sorted({t for s in scores[spec.reference].values() for t in s["tasks"]} - in_domain_tasks(cfg))
+    labels = {n: spec.variants[n].description for n in chosen}
+    markdown = "# Ablation\n\n" + _base_line(base) + render_markdown(table, labels, zero_shot)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "ablation.md", markdown)
+    atomic_write_json(out_dir / "ablation.json", {"reference": spec.reference, "seeds": seeds, "base": base,
+                                                  "scores": scores, "zero_shot_tasks": zero_shot,
+                                                  "seconds": seconds})
     plot(table, out_dir / "ablation.png")
     _publish(table, markdown)
-    return {"ablation_id": ablation_id, "table": table, "markdown": str(out_dir / "ablation.md"),
-            "seconds": seconds}
+    return {"ablation_id": ablation_id, "markdown": str(out_dir / "ablation.md"), "seconds": seconds,
+            "average": {r["variant"]: r["scores"][AVERAGE].mean for r in table["rows"]},
+            "verdicts": {r["variant"]: verdict(r["diff"][AVERAGE]) for r in table["rows"]}}
 
 
-def comparison_rows(scores: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    tasks = sorted({t for s in scores.values() for t in s["tasks"]})
-    rows = []
-    for name, s in scores.items():
-        row = {"variant": name, **{t: round(s["tasks"].get(t, float("nan")), 4) for t in tasks},
-               "average": round(s["average"], 4)}
-        rows.append(row)
-    return rows
+def _raw_datasets(config: str, overrides: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ingest datasets as written in the YAML (placeholders unresolved), so a seed override keeps them."""
+    raw = yaml.safe_load(preset_path(config).read_text()) or {}
+    if overrides and "ingest.datasets" in overrides:
+        return list(overrides["ingest.datasets"])
+    return list((raw.get("ingest") or {}).get("datasets") or [])
 
 
-def render(rows: list[dict[str, Any]], seconds: dict[str, float]) -> str:
-    cols = list(rows[0])
-    lines = ["# Ablation", "", "| " + " | ".join(cols) + " | time (s) |", "|" + "---|" * (len(cols) + 1)]
-    for r in rows:
-        t = seconds.get(r["variant"])
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + f" | {t:.0f} |" if t is not None else
-                     "| " + " | ".join(str(r[c]) for c in cols) + " | (shared) |")
-    lines += ["", "Variants:", *[f"- **{k}**: {v[1]}" for k, v in VARIANTS.items()]]
-    return "\n".join(lines) + "\n"
+def _base_line(base: Optional[dict[str, Any]]) -> str:
+    if not base:
+        return ""
+    tasks = ", ".join(f"{t} {v:.4f}" for t, v in sorted(base["tasks"].items()))
+    return f"Base model (no training): average {base['average']:.4f} ({tasks}).\n\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(table: dict[str, Any], path: Path) -> None:
+    """Bars of each variant's mean per metric with the t-interval as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [c for c in rows[0] if c != "variant"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics) * len(rows) / 3), 4))
+    metrics, rows = table["metrics"], table["rows"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(metrics) * len(rows) / 3), 4))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        ax.bar([m + i * width for m in range(len(metrics))], [r[c] for c in metrics], width, label=r["variant"])
-    ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
+        est = [r["scores"][m] for m in metrics]
+        ax.bar([m + i * width for m in range(len(metrics))], [e.mean for e in est], width,
+               yerr=[e.half_width for e in est], capsize=2, label=r["variant"])
+    ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics, fontsize=7)
     ax.set_ylabel("main score")
-    lo = min(r[c] for r in rows for c in metrics)
+    lo = min(r["scores"][m].low for r in rows for m in metrics)
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -105,10 +112,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _publish(rows: list[dict[str, Any]], markdown: str) -> None:
+def _publish(table: dict[str, Any], markdown: str) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_table_artifact(table=rows, key="ablation-table", description="ablation: main scores per variant")
+    rows = [{"variant": r["variant"], "seeds": len(r["seeds"]),
+             **{m: round(r["scores"][m].mean, 4) for m in table["metrics"]},
+             "diff_average": None if r["diff"][AVERAGE] is None else round(r["diff"][AVERAGE].mean, 4),
+             "verdict": verdict(r["diff"][AVERAGE])} for r in table["rows"]]
+    create_table_artifact(table=rows, key="ablation-table", description="ablation: mean main scores per variant")
     create_markdown_artifact(markdown=markdown, key="ablation-report", description="ablation report")
 
 

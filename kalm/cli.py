@@ -2,7 +2,7 @@
 
     kalm run  [--config FILE|PRESET] [--run-id ID] [--only STAGE ...] [--from STAGE] [--set key=value ...]
     kalm eval MODEL --tasks PATH_OR_NAMES --output DIR
-    kalm ablate [--config FILE|PRESET] [--variants NAME ...] [--set key=value ...]
+    kalm ablate [--config FILE|PRESET] [--variants NAME ...] [--seeds N] [--set key=value ...]
     kalm ui   [--port 4200]
     kalm check-config FILE|PRESET
 
@@ -78,10 +78,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from flows.ablation import ablation
 
     result = ablation(config=args.config, variants=args.variants or None, overrides=overrides or None,
-                      ablation_id=args.ablation_id)
+                      ablation_id=args.ablation_id, seeds=list(range(args.seeds)) if args.seeds else None)
     print(Path(result["markdown"]).read_text())
     print(json.dumps({"ablation_id": result["ablation_id"], "markdown": result["markdown"],
-                      "average": {r["variant"]: r["average"] for r in result["table"]},
+                      "average": {k: round(v, 4) for k, v in result["average"].items()},
+                      "verdicts": result["verdicts"],
                       "seconds": {k: round(v, 1) for k, v in result["seconds"].items()}}))
     return 0
 
@@ -133,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ablate", help="run the ablation variants of a config and print the comparison table")
     a.add_argument("--config", default="cpu-demo", help="preset name (configs/*.yaml) or YAML file")
-    a.add_argument("--variants", nargs="+", help="subset of the variants (default: all; see flows/ablation.py)")
+    a.add_argument("--variants", nargs="+", help="subset of the config's ablation.variants (default: all)")
+    a.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run every variant with seeds 0..N-1 (default: the config's ablation.seeds)")
     a.add_argument("--ablation-id", default=None, help="folder name under runs_dir for the table (default: new)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (dotted key)")
     a.set_defaults(func=cmd_ablate)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import Field, ValidationError
 
+from kalm.ablation.config import AblationConfig
 from kalm.configbase import Strict
 from kalm.evaluation.config import EvaluateConfig
 from kalm.filtering.config import FilterConfig
@@ -42,6 +43,7 @@ class RunConfig(Strict):
     filter: FilterConfig = FilterConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
 
     def resolved_data_dir(self) -> Optional[Path]:
         """The local task data folder, or None where it does not exist (then named mteb tasks are used)."""

@@ -73,18 +73,27 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
     assert m2["stages"]["evaluate"]["status"] == "cached"
     assert (Path(second["run_dir"]) / "train" / "model").is_dir()
 
-    # The ablation flow shares every stage its variants have in common with earlier runs: the
-    # full recipe is served from cache; dropping hard negatives retrains and re-evaluates only.
-    ab = _kalm(home, "ablate", "--variants", "filtered", "no-hard-negatives", "--ablation-id", "ab")
-    assert set(ab["average"]) == {"base (no training)", "filtered", "no-hard-negatives"}
-    assert ab["average"]["filtered"] == round(manifest["scores"]["trained"]["average"], 4)
+    # The ablation flow shares every stage its variants have in common with earlier runs: seed 0
+    # of the full recipe is the run above, served from cache; dropping hard negatives retrains and
+    # re-evaluates only; seed 1 re-draws the data (ingest) and everything after it.
+    ab = _kalm(home, "ablate", "--variants", "full", "no-hard-negatives", "--seeds", "2", "--ablation-id", "ab")
+    assert set(ab["average"]) == {"full", "no-hard-negatives"}
+    assert ab["verdicts"]["full"] == "reference" and ab["verdicts"]["no-hard-negatives"] in (
+        "better", "worse", "no effect measured")
     runs = home / "runs"
-    full = json.loads((runs / "ab-filtered" / "manifest.json").read_text())
+    result = json.loads((runs / "ab" / "ablation.json").read_text())
+    assert result["scores"]["full"]["0"] == manifest["scores"]["trained"]
+    full = json.loads((runs / "ab-full-s0" / "manifest.json").read_text())
     assert {s["status"] for s in full["stages"].values()} <= {"cached", "skipped"}, full["stages"]
-    no_hn = json.loads((runs / "ab-no-hard-negatives" / "manifest.json").read_text())["stages"]
+    no_hn = json.loads((runs / "ab-no-hard-negatives-s0" / "manifest.json").read_text())["stages"]
     assert no_hn["filter"]["status"] == "cached" and no_hn["train"]["status"] == "done"
+    seed1 = json.loads((runs / "ab-full-s1" / "manifest.json").read_text())
+    assert seed1["stages"]["ingest"]["status"] == "done" and seed1["config"]["train"]["seed"] == 1
+    assert json.loads((runs / "ab-no-hard-negatives-s1" / "manifest.json").read_text())["stages"]["ingest"][
+        "cached_from"] == "ab-full-s1"
     table = (runs / "ab" / "ablation.md").read_text()
-    assert "no-hard-negatives" in table and (runs / "ab" / "ablation.png").stat().st_size > 1000
+    assert "Paired difference from **full**" in table and "| no-hard-negatives | 2 |" in table
+    assert (runs / "ab" / "ablation.png").stat().st_size > 1000
     # Variants are compared with the current model but never promoted over it.
     assert full["gate"]["promoted"] is False and "promotion is off" in full["gate"]["reason"]
     assert json.loads((runs / "promoted.json").read_text())["current"]["run_id"] == "second"

@@ -1,0 +1,1 @@
+"""Ablations: variants of one config, several seeds each, compared with paired intervals."""
