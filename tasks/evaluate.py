@@ -96,7 +96,8 @@ def _marked_if_cached(state: Any) -> dict[str, Any]:
 def _publish_scores(label: str, model_ref: str, summary: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    lines = [f"## mteb scores: {label}", "", f"model `{model_ref}`", "", "| task | main score | seconds |",
+    lines = [f"## mteb scores: {label}", "", f"model `{model_ref}`, loaded as: {summary.get('loader', '?')}", "",
+             "| task | main score | seconds |",
              "|---|---:|---:|"]
     for t, s in summary["tasks"].items():
         cached = " (cached)" if t in summary.get("cached", []) else ""

@@ -36,6 +36,13 @@ def test_registered_loader_carries_the_models_own_settings():
     assert meta.loader_kwargs["add_eos_token"] is True and meta.use_instructions
     assert meta.loader_kwargs["apply_instruction_to_passages"] is False
     assert registered_meta("no-such-org/no-such-model") is None
+    # a Matryoshka cut the registered loader cannot make is refused before anything is loaded
+    from kalm.evaluation.model import EvalModelError, check_registered_dim
+
+    check_registered_dim("Alibaba-NLP/gte-Qwen2-1.5B-instruct", None)
+    check_registered_dim("Alibaba-NLP/gte-Qwen2-1.5B-instruct", meta.embed_dim)
+    with pytest.raises(EvalModelError, match=r"matryoshka_dim=64: mteb's registered loader of Alibaba-NLP/gte-Qwen2"):
+        check_registered_dim("Alibaba-NLP/gte-Qwen2-1.5B-instruct", 64)
 
 
 def test_local_and_pkg_models_use_the_sentence_transformers_wrapper(minilm_ref, tmp_path):

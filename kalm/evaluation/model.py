@@ -136,6 +136,18 @@ def _check_dim(model_ref: str, matryoshka_dim: int, dim: Optional[int]) -> None:
                              f"choose a value <= {dim} or leave it unset")
 
 
+def check_registered_dim(name: str, matryoshka_dim: Optional[int]) -> None:
+    """A Matryoshka cut mteb's registered loader of ``name`` supports (its ``ModelMeta.embed_dim``)."""
+    if matryoshka_dim is None:
+        return
+    dims = registered_meta(name).embed_dim
+    if dims is None or dims == matryoshka_dim or (isinstance(dims, list) and matryoshka_dim in dims):
+        return
+    raise EvalModelError(f"evaluate.matryoshka_dim={matryoshka_dim}: mteb's registered loader of {name} supports only "
+                         f"embedding size(s) {dims}, as the leaderboard scores it; leave matryoshka_dim unset for "
+                         f"runs with this baseline, or drop {name} from evaluate.baselines")
+
+
 def load_encoder(model_ref: str, matryoshka_dim: Optional[int] = None, fingerprint: Optional[str] = None,
                  choice: Optional[LoaderChoice] = None):
     """The object handed to ``mteb.evaluate`` for ``model_ref`` (an mteb ``EncoderProtocol``), loaded
@@ -148,9 +160,7 @@ def load_encoder(model_ref: str, matryoshka_dim: Optional[int] = None, fingerpri
     if choice.loader == MTEB_LOADER:
         import mteb
 
-        meta = registered_meta(choice.name)
-        if matryoshka_dim is not None:
-            _check_dim(model_ref, matryoshka_dim, meta.embed_dim if isinstance(meta.embed_dim, int) else None)
+        check_registered_dim(choice.name, matryoshka_dim)
         encoder = mteb.get_model(choice.name, choice.revision, embed_dim=matryoshka_dim)
         if matryoshka_dim is not None:
             encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})

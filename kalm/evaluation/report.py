@@ -127,7 +127,8 @@ def _model_lines(models: dict[str, str], scores: dict[str, dict[str, Any]]) -> l
     for label in labels:
         s = scores.get(label) or {}
         ref = models.get(label) or s.get("model") or ""
-        out.append(f"| **{label}** | `{ref}` | {s.get('loader') or '(not evaluated)'} |")
+        loader = s.get("loader") or ("(not recorded)" if s else "(not evaluated)")
+        out.append(f"| **{label}** | {f'`{ref}`' if ref else ''} | {loader} |")
     return out + [""]
 
 
