@@ -83,6 +83,18 @@ def test_build_report_writes_markdown_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_report_names_local_task_folders_not_evaluated(tmp_path):
+    data = tmp_path / "data"
+    for name in ("stsb_en", "scifact", "notes"):
+        (data / name).mkdir(parents=True)
+    (data / "stsb_en" / "test.jsonl").write_text("{}\n")
+    (data / "scifact" / "corpus.jsonl").write_text("{}\n")  # a task folder; "notes" is not
+    scores = {"base": summary({"STSBenchmark": 0.82}, local={"STSBenchmark": str(data / "stsb_en")})}
+    text = build_report(MANIFEST, scores, tmp_path / "run").read_text()
+    assert f"Not evaluated in this run (not in `evaluate.tasks`): `scifact` (SciFact) in `{data}`" in text
+    assert "`notes`" not in text
+
+
 def test_report_of_failed_run_shows_error_and_log_tail(tmp_path):
     manifest = {"run_id": "r", "status": "failed", "stages": {
         "train": {"status": "failed", "seconds": 12.0, "error": "ValueError: train.student missing",

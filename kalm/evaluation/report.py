@@ -144,6 +144,28 @@ def _task_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
     return ["Left out of scores (as mteb leaves them out):", "", *[f"- {t}: {n}" for t, n in notes], ""]
 
 
+def _unevaluated_folders(scores: dict[str, dict[str, Any]]) -> list[str]:
+    """Task folders beside the evaluated local ones (e.g. the rest of ../shared/data) that this run did
+    not score: said in the report, never left out silently."""
+    from kalm.evaluation.tasks import is_task_folder, mteb_task_name
+
+    evaluated = {Path(p).resolve() for s in scores.values() for p in ((s or {}).get("local") or {}).values()}
+    missing: dict[Path, list[Path]] = {}
+    for parent in sorted({p.parent for p in evaluated}):
+        try:
+            found = [d for d in sorted(parent.iterdir()) if is_task_folder(d) and d.resolve() not in evaluated]
+        except OSError:
+            continue
+        if found:
+            missing[parent] = found
+    lines = []
+    for parent, folders in missing.items():
+        names = ", ".join(f"`{d.name}` ({mteb_task_name(d)})" for d in folders)
+        lines += [f"Not evaluated in this run (not in `evaluate.tasks`): {names} in `{parent}`. Score a model on "
+                  f"every folder there with `kalm eval MODEL --tasks {parent} --output DIR`.", ""]
+    return lines
+
+
 def _subset_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
     notes = []
     for m, s in scores.items():
@@ -186,6 +208,7 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
                   "are not zero-shot: " + ", ".join(sorted(in_domain_tasks)), ""]
     lines += _subset_notes(scores)
     lines += _task_notes(scores)
+    lines += _unevaluated_folders(scores)
     if scores:
         lines += ["![scores per task](scores.png)", ""]
     if gate:

@@ -318,11 +318,12 @@ def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int,
 
     task = spec.load()
     start = time.perf_counter()
-    model = encoder
     if spec.folder is not None:
         task.load_data()  # a bad task file stops here with its own error (file, line, fix), not inside mteb
-        if task.metadata.type == "Retrieval":
-            model = search_model(encoder, corpus_chunk_size)
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    # mteb wraps an encoder in this same search wrapper for every retrieval task; we set its chunk size
+    model = search_model(encoder, corpus_chunk_size) if isinstance(task, AbsTaskRetrieval) else encoder
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*superseded by.*")
