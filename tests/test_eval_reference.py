@@ -43,6 +43,7 @@ def test_lcqmc_cosine_spearman(minilm_ref, shared_data, tmp_path):
     assert abs(s["tasks"][name] - 0.2383) <= 0.005 and abs(s["tasks"][name] - 0.2385) <= 0.005, s["tasks"]
 
 
+@pytest.mark.slow
 def test_ocnli_max_accuracy_on_mtebs_validation_split(minilm_ref, shared_data, tmp_path):
     s, name = _score(minilm_ref, shared_data, "ocnli", tmp_path)
     assert abs(s["tasks"][name] - 0.5328) <= 0.005, s["tasks"]
@@ -54,6 +55,7 @@ def test_ocnli_max_accuracy_on_mtebs_validation_split(minilm_ref, shared_data, t
     assert row["main_score"] == pytest.approx(row["max_accuracy"]) and row["main_score"] != row["max_ap"]
 
 
+@pytest.mark.slow
 def test_masakhanews_one_problem_per_language_averaged(minilm_ref, shared_data, tmp_path):
     s, name = _score(minilm_ref, shared_data, "masakhanews_clustering", tmp_path)
     subsets = s["subsets"][name]
