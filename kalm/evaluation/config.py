@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,19 +33,19 @@ class EvaluateConfig(Strict):
     promote: bool = Field(True, description="record a model that passes the gate as the current one; "
                                             "off for ablation variants, which compare but never promote")
     evaluate_base: bool = True
-    instructions: dict[str, str] = Field(
-        default_factory=dict,
-        description="instruction per mteb task name or task kind (sts, retrieval, ...) for models trained with "
-                    "instructions; default: the task's own mteb prompt")
+    corpus_chunk_size: int = Field(50_000, ge=1, description="retrieval: documents encoded and scored at once "
+                                   "(mteb's chunked search; memory ~ chunk * (dim + queries) * 4 bytes)")
     fan_out: bool = Field(False, description="one Prefect task per (model, task), spread over the task runner")
 
-    @field_validator("instructions")
+    @model_validator(mode="before")
     @classmethod
-    def _instruction_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, text in v.items():
-            if not text.strip():
-                raise ValueError(f"evaluate.instructions[{key!r}] is empty: give the instruction text or drop the key")
-        return v
+    def _removed_instructions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "instructions" in data:
+            raise ValueError(
+                "evaluate.instructions was removed: a model is evaluated with the prompts saved in it, as mteb and "
+                "everyone else evaluate it (a kalm export writes them from train.use_instructions and the instruction "
+                "policy; a model mteb registers gets its registered instructions). Delete evaluate.instructions")
+        return data
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> "EvaluateConfig":

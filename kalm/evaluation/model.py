@@ -1,36 +1,94 @@
-"""The encoder mteb evaluates: a SentenceTransformer loaded from a model reference.
+"""The encoder mteb evaluates, loaded the way the leaderboard loads it.
 
-- Any reference ``kalm.models.resolve_model`` accepts (``pkg:...``, an exported run model, a hub
-  id; GGUF weights are dequantized once by ``kalm.models.transformers_path``) is loaded as a
-  ``SentenceTransformer`` -- ``mteb.get_model(local_path)`` needs the hub, this does not.
-- Matryoshka: ``truncate_dim`` cuts every embedding to the first ``matryoshka_dim`` values.
-- Instructions (KaLM-style, queries and symmetric tasks only): a model exported by kalm's train
-  stage with instructions (its ``kalm_training.json`` has a ``query_instruction_format``) gets,
-  per task, the instruction from the config (by mteb task name, then task kind), else the
-  task's own mteb prompt, else the instruction it was trained with for that kind, else mteb's
-  generic prompt for the task type (what mteb's instruct models get). Documents of
-  retrieval/reranking never get one. Other models are evaluated the way mteb evaluates a plain
-  SentenceTransformer (their own saved prompts, if any).
-- mteb's model metadata gets name ``kalm/<slug>`` and revision = the first 12 hex digits of the
-  model's content hash, so mteb's result folders say which weights produced them.
+Which loader (``choose_loader``, decided without loading or downloading anything):
+
+- a model mteb's registry knows (a hub id such as ``intfloat/multilingual-e5-large-instruct``) is
+  loaded with ``mteb.get_model(name, revision)``: the registered loader with its per-task
+  instructions, dtype, ``add_eos_token`` and so on, at the registered revision -- what its
+  leaderboard numbers were computed with;
+- a local folder (a kalm export, any sentence-transformers folder), a ``pkg:`` model, or a hub id
+  mteb does not know is loaded as a ``SentenceTransformer`` and wrapped in mteb's own
+  ``SentenceTransformerEncoderWrapper`` -- exactly what ``mteb run -m <folder>`` builds. Its saved
+  ``prompts`` (for kalm exports: written from the training's instruction policy,
+  ``kalm.instructions.InstructionPolicy.mteb_prompts``) are the only instructions it gets, so
+  ``kalm eval`` scores what anyone else scores for the published model. kalm adds no
+  instruction logic of its own.
+
+Matryoshka: ``matryoshka_dim`` truncates every embedding (``truncate_dim`` / mteb's ``embed_dim``).
+Result files: sentence-transformers-loaded models are filed as ``kalm/<slug>`` at revision = the
+first 12 hex digits of the model's content hash; mteb-loaded ones under their registered name and
+revision (a ``-d<dim>`` suffix marks a Matryoshka cut).
 """
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from kalm.evaluation.tasks import MTEB_TYPE
+from kalm.evaluation.errors import EvalModelError
 
-# mteb task type -> kalm task kind (the keys of an exported model's prompts)
-KIND_OF_TYPE = {v: k for k, v in MTEB_TYPE.items()}
-ASYMMETRIC = {"Retrieval", "Reranking"}
+__all__ = ["EvalModelError", "LoaderChoice", "choose_loader", "load_encoder", "load_sentence_transformer",
+           "model_slug", "result_name_revision"]
+
+MTEB_LOADER = "mteb"
+ST_LOADER = "sentence-transformers"
 
 
-class EvalModelError(ValueError):
-    """A model that cannot be evaluated as asked; the message names the setting and the fix."""
+@dataclass(frozen=True)
+class LoaderChoice:
+    """How a model reference is loaded for mteb.
+
+    Attributes:
+        loader: ``"mteb"`` (``mteb.get_model`` with the registered loader) or ``"sentence-transformers"``
+            (``SentenceTransformer`` in mteb's ``SentenceTransformerEncoderWrapper``).
+        name: the registered mteb name (mteb loader) or the model reference.
+        revision: the registered revision (mteb loader), else None.
+        detail: the loader's own name, e.g. ``InstructSentenceTransformerModel``.
+        reason: why this loader, in words (shown in the report).
+    """
+
+    loader: Literal["mteb", "sentence-transformers"]
+    name: str
+    revision: Optional[str]
+    detail: str
+    reason: str
+
+    def describe(self) -> str:
+        if self.loader == MTEB_LOADER:
+            return f"mteb.get_model({self.name!r}, revision={self.revision!r}) -> {self.detail}"
+        return f"SentenceTransformer in mteb's {self.detail} ({self.reason})"
+
+
+def registered_meta(name: str):
+    """mteb's registered ``ModelMeta`` for ``name``, or None (registry lookup only: works offline)."""
+    import mteb
+
+    try:
+        return mteb.get_model_meta(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _loader_name(loader: Any) -> str:
+    return getattr(loader, "__name__", None) or type(loader).__name__
+
+
+def choose_loader(model_ref: str) -> LoaderChoice:
+    """The leaderboard's loader for ``model_ref`` (nothing is loaded or downloaded)."""
+    from kalm.models import resolve_model
+
+    m = resolve_model(model_ref)
+    wrapper = "SentenceTransformerEncoderWrapper"
+    if m.is_local:
+        what = "pkg: model" if model_ref.startswith("pkg:") else "local folder"
+        return LoaderChoice(ST_LOADER, model_ref, None, wrapper, f"{what}; its saved prompts")
+    meta = registered_meta(m.path)
+    if meta is not None and meta.loader is not None:
+        return LoaderChoice(MTEB_LOADER, meta.name, meta.revision, _loader_name(meta.loader),
+                            "registered in mteb")
+    return LoaderChoice(ST_LOADER, model_ref, None, wrapper, "hub model not in mteb's registry, as mteb loads it")
 
 
 def model_slug(model_ref: str) -> str:
@@ -45,6 +103,16 @@ def model_slug(model_ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-")[:120] or "model"
 
 
+def result_name_revision(model_ref: str, fingerprint: str, matryoshka_dim: Optional[int] = None,
+                         choice: Optional[LoaderChoice] = None) -> tuple[str, str]:
+    """The model name and revision mteb files results under for this model and Matryoshka cut."""
+    choice = choice or choose_loader(model_ref)
+    cut = f"-d{matryoshka_dim}" if matryoshka_dim else ""
+    if choice.loader == MTEB_LOADER:
+        return choice.name, f"{choice.revision or 'none'}{cut}"
+    return f"kalm/{model_slug(model_ref)}", fingerprint[:12] + cut
+
+
 def load_sentence_transformer(model_ref: str, matryoshka_dim: Optional[int] = None, device: Optional[str] = None):
     """``SentenceTransformer`` for any kalm model reference, truncated to ``matryoshka_dim`` if given."""
     from sentence_transformers import SentenceTransformer
@@ -57,96 +125,50 @@ def load_sentence_transformer(model_ref: str, matryoshka_dim: Optional[int] = No
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else \
         model.get_sentence_embedding_dimension()
     if matryoshka_dim is not None:
-        if dim is not None and matryoshka_dim > dim:
-            raise EvalModelError(f"evaluate.matryoshka_dim={matryoshka_dim} exceeds {model_ref}'s embedding size {dim}; "
-                                 f"choose a value <= {dim} or leave it unset")
+        _check_dim(model_ref, matryoshka_dim, dim)
         model.truncate_dim = matryoshka_dim
     return model
 
 
-def meta_name_revision(model_ref: str, fingerprint: str, matryoshka_dim: Optional[int] = None) -> tuple[str, str]:
-    """mteb's model name and revision for a model: ``kalm/<slug>``, content hash (+ Matryoshka dim)."""
-    return f"kalm/{model_slug(model_ref)}", fingerprint[:12] + (f"-d{matryoshka_dim}" if matryoshka_dim else "")
+def _check_dim(model_ref: str, matryoshka_dim: int, dim: Optional[int]) -> None:
+    if dim is not None and matryoshka_dim > dim:
+        raise EvalModelError(f"evaluate.matryoshka_dim={matryoshka_dim} exceeds {model_ref}'s embedding size {dim}; "
+                             f"choose a value <= {dim} or leave it unset")
 
 
-def training_info(model_path: str) -> dict[str, Any]:
-    """``kalm_training.json`` of a model exported by kalm's train stage ({} for other models)."""
-    p = Path(model_path) / "kalm_training.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+def check_registered_dim(name: str, matryoshka_dim: Optional[int]) -> None:
+    """A Matryoshka cut mteb's registered loader of ``name`` supports (its ``ModelMeta.embed_dim``)."""
+    if matryoshka_dim is None:
+        return
+    dims = registered_meta(name).embed_dim
+    if dims is None or dims == matryoshka_dim or (isinstance(dims, list) and matryoshka_dim in dims):
+        return
+    raise EvalModelError(f"evaluate.matryoshka_dim={matryoshka_dim}: mteb's registered loader of {name} supports only "
+                         f"embedding size(s) {dims}, as the leaderboard scores it; leave matryoshka_dim unset for "
+                         f"runs with this baseline, or drop {name} from evaluate.baselines")
 
 
-def _make_encoder_class():
-    """Defined lazily: subclassing mteb's wrapper imports mteb (slow), which kalm does only when evaluating."""
-    import numpy as np
-    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
-    from mteb.types import PromptType
+def load_encoder(model_ref: str, matryoshka_dim: Optional[int] = None, fingerprint: Optional[str] = None,
+                 choice: Optional[LoaderChoice] = None):
+    """The object handed to ``mteb.evaluate`` for ``model_ref`` (an mteb ``EncoderProtocol``), loaded
+    by ``choose_loader``'s choice; ``encoder.kalm_loader`` is that choice."""
+    from kalm.models import model_fingerprint
 
-    class KalmEncoder(SentenceTransformerEncoderWrapper):
-        """mteb's SentenceTransformer wrapper, with KaLM-style instructions for kalm-trained models."""
+    choice = choice or choose_loader(model_ref)
+    name, revision = result_name_revision(model_ref, fingerprint or model_fingerprint(model_ref), matryoshka_dim,
+                                          choice)
+    if choice.loader == MTEB_LOADER:
+        import mteb
 
-        def __init__(self, model, meta_name: str, meta_revision: str, instruction_format: Optional[str],
-                     trained_prompts: dict[str, str], instructions: dict[str, str]):
-            # A kalm-trained model's saved prompts are keyed by kalm task kinds, which mteb does not
-            # read; they are resolved here instead (see prompt_for), so mteb's wrapper gets none.
-            if instruction_format is not None:
-                model.prompts = {}
-            super().__init__(model)
-            self.mteb_model_meta = self.mteb_model_meta.model_copy(
-                update={"name": meta_name, "revision": meta_revision,
-                        "use_instructions": instruction_format is not None})
-            self.instruction_format = instruction_format
-            self.trained_prompts = trained_prompts
-            self.instructions = instructions
+        check_registered_dim(choice.name, matryoshka_dim)
+        encoder = mteb.get_model(choice.name, choice.revision, embed_dim=matryoshka_dim)
+        if matryoshka_dim is not None:
+            encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})
+    else:
+        from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
-        def prompt_for(self, task_metadata, prompt_type) -> str:
-            """The text put before each input: '' for documents and for models trained without instructions."""
-            if self.instruction_format is None:
-                return ""
-            if task_metadata.type in ASYMMETRIC and prompt_type == PromptType.document:
-                return ""
-            kind = KIND_OF_TYPE.get(task_metadata.type, "")
-            instruction = self.instructions.get(task_metadata.name) or self.instructions.get(kind)
-            if instruction is None:
-                own = task_metadata.prompt
-                instruction = own.get("query") if isinstance(own, dict) else own
-            if not instruction and self.trained_prompts.get(kind):
-                return self.trained_prompts[kind]
-            if not instruction:
-                from mteb.abstasks.abstask import get_abstask_prompt
-
-                instruction = get_abstask_prompt(task_metadata.name)  # mteb's generic one for the task type
-            return self.instruction_format.format(instruction=instruction, query="") if instruction else ""
-
-        def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
-            if self.instruction_format is None:
-                return super().encode(inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset,
-                                      prompt_type=prompt_type, **kwargs)
-            texts = [t for batch in inputs for t in batch["text"]]
-            emb = self.model.encode(texts, prompt=self.prompt_for(task_metadata, prompt_type),
-                                    batch_size=kwargs.get("batch_size", 32),
-                                    show_progress_bar=kwargs.get("show_progress_bar", False),
-                                    convert_to_numpy=True)
-            return np.asarray(emb, dtype=np.float32)
-
-    return KalmEncoder
-
-
-_encoder_class = None
-
-
-def load_encoder(model_ref: str, matryoshka_dim: Optional[int] = None, instructions: Optional[dict[str, str]] = None,
-                 fingerprint: Optional[str] = None):
-    """The object handed to ``mteb.evaluate`` for ``model_ref`` (an mteb ``EncoderProtocol``)."""
-    global _encoder_class
-    from kalm.models import model_fingerprint, resolve_model
-
-    if _encoder_class is None:
-        _encoder_class = _make_encoder_class()
-    st = load_sentence_transformer(model_ref, matryoshka_dim)
-    m = resolve_model(model_ref)
-    info = training_info(m.path) if m.is_local else {}
-    trained_with_instructions = bool(info.get("query_instruction_format")) and bool(st.prompts)
-    fmt = info.get("query_instruction_format") if trained_with_instructions else None
-    trained_prompts = {k: v for k, v in (st.prompts or {}).items() if v}
-    name, revision = meta_name_revision(model_ref, fingerprint or model_fingerprint(model_ref), matryoshka_dim)
-    return _encoder_class(st, name, revision, fmt, trained_prompts, dict(instructions or {}))
+        encoder = SentenceTransformerEncoderWrapper(load_sentence_transformer(model_ref, matryoshka_dim))
+        # Only the name under which mteb files the results changes; scoring is mteb's wrapper as is.
+        encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
+    encoder.kalm_loader = choice
+    return encoder

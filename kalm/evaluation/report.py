@@ -117,6 +117,55 @@ def _eval_time_lines(scores: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _model_lines(models: dict[str, str], scores: dict[str, dict[str, Any]]) -> list[str]:
+    """A row per evaluated model: its reference and the loader it was scored with (mteb's registered
+    loader, or mteb's sentence-transformers wrapper with the model's saved prompts)."""
+    labels = list(models) + [m for m in scores if m not in models]
+    if not labels:
+        return []
+    out = ["| model | reference | loader |", "|---|---|---|"]
+    for label in labels:
+        s = scores.get(label) or {}
+        ref = models.get(label) or s.get("model") or ""
+        loader = s.get("loader") or ("(not recorded)" if s else "(not evaluated)")
+        out.append(f"| **{label}** | {f'`{ref}`' if ref else ''} | {loader} |")
+    return out + [""]
+
+
+def _task_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
+    """What a task left out of its score and why (e.g. retrieval queries without a relevant document)."""
+    notes = {}
+    for s in scores.values():
+        for task, items in (s or {}).get("notes", {}).items():
+            for note in items:
+                notes.setdefault((task, note), None)
+    if not notes:
+        return []
+    return ["Left out of scores (as mteb leaves them out):", "", *[f"- {t}: {n}" for t, n in notes], ""]
+
+
+def _unevaluated_folders(scores: dict[str, dict[str, Any]]) -> list[str]:
+    """Task folders beside the evaluated local ones (e.g. the rest of ../shared/data) that this run did
+    not score: said in the report, never left out silently."""
+    from kalm.evaluation.tasks import is_task_folder, mteb_task_name
+
+    evaluated = {Path(p).resolve() for s in scores.values() for p in ((s or {}).get("local") or {}).values()}
+    missing: dict[Path, list[Path]] = {}
+    for parent in sorted({p.parent for p in evaluated}):
+        try:
+            found = [d for d in sorted(parent.iterdir()) if is_task_folder(d) and d.resolve() not in evaluated]
+        except OSError:
+            continue
+        if found:
+            missing[parent] = found
+    lines = []
+    for parent, folders in missing.items():
+        names = ", ".join(f"`{d.name}` ({mteb_task_name(d)})" for d in folders)
+        lines += [f"Not evaluated in this run (not in `evaluate.tasks`): {names} in `{parent}`. Score a model on "
+                  f"every folder there with `kalm eval MODEL --tasks {parent} --output DIR`.", ""]
+    return lines
+
+
 def _subset_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
     notes = []
     for m, s in scores.items():
@@ -179,9 +228,7 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
     rows = score_rows(scores, in_domain_tasks)
     lines += markdown_table(rows) if scores else ["(no model was evaluated)"]
     lines.append("")
-    models = manifest.get("stages", {}).get("evaluate", {}).get("models") or {}
-    if models:
-        lines += ["Models: " + "; ".join(f"**{k}** = `{v}`" for k, v in models.items()), ""]
+    lines += _model_lines(manifest.get("stages", {}).get("evaluate", {}).get("models") or {}, scores)
     base_model = (stages.get("train") or {}).get("base_model")
     if base_model:
         lines += [f"The student started from `{base_model}`.", ""]
@@ -189,6 +236,8 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
         lines += ["**in-domain**: the train split of these tasks was ingested as training data, so their scores "
                   "are not zero-shot: " + ", ".join(sorted(in_domain_tasks)), ""]
     lines += _subset_notes(scores)
+    lines += _task_notes(scores)
+    lines += _unevaluated_folders(scores)
     if scores:
         lines += ["![scores per task](scores.png)", ""]
     if gate:

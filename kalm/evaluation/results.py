@@ -16,7 +16,7 @@ from typing import Any, Optional
 from kalm.store import atomic_path, hash_file, hash_strings
 
 # The evaluation code whose changes can change a score.
-_SCORE_CODE = ("tasks.py", "model.py")
+_SCORE_CODE = ("tasks.py", "readers.py", "model.py")
 
 
 def default_cache_dir() -> Path:
@@ -34,10 +34,10 @@ def code_fingerprint() -> str:
     return hash_strings([f"{name}:{hash_file(here / name)}" for name in _SCORE_CODE])
 
 
-def result_key(model_fp: str, task_fp: str, matryoshka_dim: Optional[int], instructions: dict[str, str]) -> str:
-    """What one task's score depends on; batch size and output paths do not change scores."""
-    return hash_strings([model_fp, task_fp, f"mteb={mteb_version()}", f"dim={matryoshka_dim}",
-                         json.dumps(instructions or {}, sort_keys=True), code_fingerprint()])
+def result_key(model_fp: str, task_fp: str, matryoshka_dim: Optional[int]) -> str:
+    """What one task's score depends on; batch size, corpus chunk size and output paths do not change
+    scores. The model's prompts are part of its content (``model_fp``)."""
+    return hash_strings([model_fp, task_fp, f"mteb={mteb_version()}", f"dim={matryoshka_dim}", code_fingerprint()])
 
 
 def mteb_result_path(mteb_dir: Path, model_name: str, revision: str, task_name: str) -> Path:

@@ -5,6 +5,13 @@ results cache, run mteb's own evaluation for the rest (mteb writes its result fi
 ``output/mteb``), and return ``{"tasks": {name: main score}, "average": x, ...}`` on mteb's
 0-1 scale. Named tasks and benchmarks are fetched by mteb from the hub (real code, needs the
 hub); local folders need nothing but their files.
+
+Each model is loaded the leaderboard's way (``kalm.evaluation.model.choose_loader``: mteb's
+registered loader for models mteb knows, mteb's sentence-transformers wrapper with the model's
+saved prompts otherwise); the summary says which (``loader``). Retrieval searches the corpus in
+chunks of ``corpus_chunk_size`` documents (mteb's own chunked exact search: encode a chunk, score
+it against all queries, keep each query's running top-k), so memory is bounded by the chunk, not
+the corpus: about ``corpus_chunk_size * (dim + queries) * 4`` bytes besides the model.
 """
 
 from __future__ import annotations
@@ -19,15 +26,12 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from kalm.evaluation.config import EvalTask
+from kalm.evaluation.errors import EvalTaskError
 from kalm.evaluation.tasks import folder_fingerprint, is_task_folder, load_local_task, mteb_task_name
 from kalm.stage import Progress, no_progress
 from kalm.store import atomic_write_json, hash_strings
 
 log = logging.getLogger(__name__)
-
-
-class EvalTaskError(ValueError):
-    """A task argument or config entry that names nothing runnable; the message says how to fix it."""
 
 
 @dataclass
@@ -165,7 +169,7 @@ def task_set_fingerprint(tasks: Iterable[EvalTask], benchmarks: Iterable[str] = 
 # ---------------------------------------------------------------- evaluating
 def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, data_dir: Optional[Path] = None,
                    batch_size: int = 64, matryoshka_dim: Optional[int] = None, progress: Optional[Progress] = None,
-                   *, benchmarks: Iterable[str] = (), instructions: Optional[dict[str, str]] = None,
+                   *, benchmarks: Iterable[str] = (), corpus_chunk_size: int = 50_000,
                    cache_dir: Optional[Path] = None, use_cache: bool = True,
                    refresh: bool = False) -> dict[str, Any]:
     """Score ``model_ref`` on ``tasks``; returns ``{"tasks": {name: main score}, "average": x, ...}`` (0-1).
@@ -175,8 +179,10 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     come from the results cache when the same weights were scored on the same task data before.
     ``refresh`` recomputes every task (and rewrites its cache entry); ``use_cache=False`` neither
     reads nor writes the cache. Extra keys: ``subsets`` (per-language scores), ``types`` (mteb task type), ``by_type``
-    (average per type), ``seconds`` and ``cached`` (per task), ``model``, ``fingerprint``.
+    (average per type), ``seconds`` and ``cached`` (per task), ``notes`` (per task: what was left out of
+    the score and why), ``loader`` (how the model was loaded), ``model``, ``fingerprint``.
     """
+    from kalm.evaluation.model import choose_loader
     from kalm.evaluation.results import ResultsCache, mteb_version, result_key
     from kalm.models import model_fingerprint
 
@@ -191,6 +197,7 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     if not specs:
         raise EvalTaskError("no evaluation tasks: list evaluate.tasks (or benchmarks) in the config, or give --tasks")
     fp = model_fingerprint(model_ref)
+    choice = choose_loader(model_ref)
     cache = ResultsCache(cache_dir) if use_cache else None
     encoder = None
     mteb_cache = None
@@ -199,10 +206,11 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     types: dict[str, str] = {}
     seconds: dict[str, float] = {}
     cached: list[str] = []
+    notes: dict[str, list[str]] = {}
     keys: dict[str, str] = {}
     for i, spec in enumerate(specs):
         progress(i / len(specs), f"{spec.name} ({i + 1}/{len(specs)})")
-        key = keys[spec.name] = result_key(fp, spec.fingerprint, matryoshka_dim, instructions or {})
+        key = keys[spec.name] = result_key(fp, spec.fingerprint, matryoshka_dim)
         hit = cache.get(key) if cache and not refresh else None
         if hit is not None:
             _restore_mteb_file(hit, output, model_ref, fp, matryoshka_dim)
@@ -214,21 +222,26 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
 
                 from kalm.evaluation.model import load_encoder
 
-                progress(i / len(specs), f"loading {model_ref}")
-                encoder = load_encoder(model_ref, matryoshka_dim, instructions, fingerprint=fp)
+                progress(i / len(specs), f"loading {model_ref} ({choice.describe()})")
+                encoder = load_encoder(model_ref, matryoshka_dim, fingerprint=fp, choice=choice)
                 mteb_cache = mteb.ResultCache(output / "mteb")
-            entry, result_file = _run_one(encoder, spec, mteb_cache, batch_size)
+            entry, result_file = _run_one(encoder, spec, mteb_cache, batch_size, corpus_chunk_size)
             if cache:
                 cache.put(key, entry, result_file)
         scores[spec.name] = entry["score"]
         subsets[spec.name] = entry["subsets"]
         types[spec.name] = entry["type"]
         seconds[spec.name] = entry["seconds"]
+        if entry.get("notes"):
+            notes[spec.name] = entry["notes"]
+            for note in entry["notes"]:
+                log.warning("%s: %s", spec.name, note)
         progress((i + 1) / len(specs), f"{spec.name}: {entry['score']:.4f}")
     summary = summarize(scores, types)
     summary.update(model=model_ref, fingerprint=fp, matryoshka_dim=matryoshka_dim, subsets=subsets,
                    seconds=seconds, cached=cached, mteb_version=mteb_version(), result_keys=keys,
-                   local={s.name: str(s.folder) for s in specs if s.folder})
+                   local={s.name: str(s.folder) for s in specs if s.folder}, notes=notes,
+                   loader=choice.describe(), loader_kind=choice.loader)
     atomic_write_json(output / "summary.json", summary)
     return summary
 
@@ -245,7 +258,7 @@ def summarize(scores: dict[str, float], types: dict[str, str]) -> dict[str, Any]
 def combine_summaries(parts: list[dict[str, Any]], model_ref: Optional[str] = None) -> dict[str, Any]:
     """One summary from per-task summaries (the fan-out path), averages recomputed."""
     scores, types = {}, {}
-    extra: dict[str, dict[str, Any]] = {"subsets": {}, "seconds": {}, "local": {}, "result_keys": {}}
+    extra: dict[str, dict[str, Any]] = {"subsets": {}, "seconds": {}, "local": {}, "result_keys": {}, "notes": {}}
     cached: list[str] = []
     for p in parts:
         scores.update(p["tasks"])
@@ -257,7 +270,7 @@ def combine_summaries(parts: list[dict[str, Any]], model_ref: Optional[str] = No
     first = parts[0] if parts else {}
     out.update(model=model_ref or first.get("model"), fingerprint=first.get("fingerprint"),
                matryoshka_dim=first.get("matryoshka_dim"), mteb_version=first.get("mteb_version"), cached=cached,
-               **extra)
+               loader=first.get("loader"), loader_kind=first.get("loader_kind"), **extra)
     return out
 
 
@@ -288,16 +301,33 @@ def _mean(values: Iterable[float]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int) -> tuple[dict[str, Any], Path]:
+def search_model(encoder, corpus_chunk_size: int):
+    """What mteb searches a retrieval corpus with: mteb's ``SearchEncoderWrapper`` (chunked exact
+    search, top-k merged per chunk) around an encoder; a model that searches by itself is kept."""
+    from mteb.models.search_wrappers import SearchEncoderWrapper
+
+    if hasattr(encoder, "search") or not hasattr(encoder, "encode"):
+        return encoder
+    return SearchEncoderWrapper(encoder, corpus_chunk_size=corpus_chunk_size)
+
+
+def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int,
+             corpus_chunk_size: int = 50_000) -> tuple[dict[str, Any], Path]:
     """mteb's evaluation of one task; returns the cache entry and the path of mteb's result file."""
     import mteb
 
     task = spec.load()
     start = time.perf_counter()
+    if spec.folder is not None:
+        task.load_data()  # a bad task file stops here with its own error (file, line, fix), not inside mteb
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    # mteb wraps an encoder in this same search wrapper for every retrieval task; we set its chunk size
+    model = search_model(encoder, corpus_chunk_size) if isinstance(task, AbsTaskRetrieval) else encoder
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*superseded by.*")
-            result = mteb.evaluate(encoder, task, cache=mteb_cache, overwrite_strategy="always",
+            result = mteb.evaluate(model, task, cache=mteb_cache, overwrite_strategy="always",
                                    encode_kwargs={"batch_size": batch_size}, show_progress_bar=False)
     except Exception as e:
         if spec.folder is None:
@@ -316,7 +346,8 @@ def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int) -> tuple[dict
             per_subset[label] = float(row["main_score"])
     entry = {"task": spec.name, "score": float(tr.get_score()), "subsets": per_subset,
              "type": task.metadata.type, "main_score": task.metadata.main_score,
-             "seconds": round(time.perf_counter() - start, 2), "dataset_revision": tr.dataset_revision}
+             "seconds": round(time.perf_counter() - start, 2), "dataset_revision": tr.dataset_revision,
+             "notes": list(getattr(task, "kalm_notes", []) or [])}
     from kalm.evaluation.results import mteb_result_path
 
     meta = encoder.mteb_model_meta
@@ -326,11 +357,11 @@ def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int) -> tuple[dict
 def _restore_mteb_file(entry: dict[str, Any], output: Path, model_ref: str, fp: str,
                        matryoshka_dim: Optional[int]) -> None:
     """Put the cached mteb result file (and model_meta.json) where mteb would have written them."""
-    from kalm.evaluation.model import meta_name_revision
+    from kalm.evaluation.model import result_name_revision
     from kalm.evaluation.results import mteb_result_path
     from kalm.store import atomic_write_bytes
 
-    name, revision = meta_name_revision(model_ref, fp, matryoshka_dim)
+    name, revision = result_name_revision(model_ref, fp, matryoshka_dim)
     path = mteb_result_path(output / "mteb", name, revision, entry["task"])
     atomic_write_bytes(path, Path(entry["mteb_result_file"]).read_bytes())
     meta = Path(entry["mteb_result_file"]).with_name("model_meta.json")

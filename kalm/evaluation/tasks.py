@@ -9,76 +9,69 @@ sts                  test.jsonl (sentence1, sentence2, score[, lang])
 classification       train.jsonl + test.jsonl (text, label)
 pair_classification  test.jsonl (sentence1, sentence2, label 0|1)
 reranking            test.jsonl (query, positive [...], negative [...])
-clustering           test.jsonl (sentences [...], labels [...]), a row per problem
+clustering           test.jsonl (sentences [...], labels [...][, lang]), a row per problem
 retrieval            corpus.jsonl (_id, title, text), queries.jsonl (_id, text),
                      qrels/test.tsv (query-id, corpus-id, score)
 ==================== ================================================================
 
-Where the folder holds a task mteb knows (STSBenchmark, Banking77Classification,
-STSBenchmarkMultilingualSTS, or any registered name the config gives), the task is a subclass
-of mteb's own class whose ``load_data`` reads the folder: metadata, prompt, evaluator and main
-score stay mteb's, so local and hub results line up by name. Other folders become tasks of
-mteb's abstract class for their kind. Either way mteb's evaluators compute every score.
+Where the folder holds a task mteb knows (``KNOWN_FOLDERS``: the data README's table, or any
+registered name the config gives), the task is a subclass of mteb's own class whose ``load_data``
+reads the folder: metadata, languages, evaluator and main score stay mteb's (Ocnli: max_accuracy;
+MasakhaNEWSClusteringS2S: one problem per language, scored per language and averaged), so local
+and hub results line up by name. The evaluated split is always ``test.jsonl`` (``qrels/test.tsv``)
+in a folder, also where mteb names the split otherwise (Ocnli's ``validation``): a registered task
+with one eval split reads ``test.jsonl`` as that split. Other folders become tasks of mteb's
+abstract class for their kind. Either way mteb's evaluators compute every score.
 
-The dataset revision recorded in mteb's results is ``local-<hash of the folder>``, so results
-say which data they were computed on.
+Retrieval is read as mteb reads its own tasks: a qrels score <= 0 is "judged, not relevant", and
+a query left with no relevant document is not scored (mteb drops queries without positives); the
+task's ``kalm_notes`` say how many were left out and why. Qrels ids not in queries.jsonl or
+corpus.jsonl are errors. Corpora stream into memory-mapped Arrow (``readers.corpus_dataset``).
+
+Bad rows are :class:`TaskFolderError` naming file, 1-based line and fix (not UTF-8, not JSON,
+missing or blank fields, mixed label types). The dataset revision recorded in mteb's results is
+``local-<hash of the folder>``, so results say which data they were computed on.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
+from kalm.evaluation.errors import TaskFolderError
+from kalm.evaluation.readers import (LabelTypes, corpus_dataset, first_row, iter_jsonl, number_field, read_qrels,
+                                     text_field)
+from kalm.instructions import MTEB_TYPE
 from kalm.store import hash_path
 
-# Folders of ../shared/data and the mteb tasks they hold (see its README).
+__all__ = ["KNOWN_FOLDERS", "KINDS", "MTEB_TYPE", "TaskFolderError", "folder_kind", "folder_fingerprint",
+           "is_task_folder", "load_local_task", "mteb_task_name"]
+
+# Folders of ../shared/data and the mteb tasks they hold (its README's table; a test checks they agree).
 KNOWN_FOLDERS = {
     "stsb_en": "STSBenchmark",
     "stsb_multi_mt": "STSBenchmarkMultilingualSTS",
     "banking77": "Banking77Classification",
+    "scifact": "SciFact",
+    "lcqmc": "LCQMC",
+    "ocnli": "Ocnli",
+    "masakhanews_clustering": "MasakhaNEWSClusteringS2S",
 }
 
 KINDS = ("sts", "classification", "pair_classification", "reranking", "retrieval", "clustering")
-# kalm task kind -> mteb TaskMetadata.type
-MTEB_TYPE = {"sts": "STS", "classification": "Classification", "pair_classification": "PairClassification",
-             "clustering": "Clustering", "reranking": "Reranking", "retrieval": "Retrieval"}
-# main scores mteb uses for these types (as in its registered English tasks)
+# main scores for tasks mteb does not know (as in its registered English tasks of the kind)
 MAIN_SCORE = {"sts": "cosine_spearman", "classification": "accuracy", "pair_classification": "max_ap",
               "clustering": "v_measure", "reranking": "map_at_1000", "retrieval": "ndcg_at_10"}
 # ISO 639-1 codes found in `lang` fields -> mteb's language-script codes
 _LANG_SCRIPT = {"en": "eng-Latn", "de": "deu-Latn", "es": "spa-Latn", "fr": "fra-Latn", "it": "ita-Latn",
                 "nl": "nld-Latn", "pl": "pol-Latn", "pt": "por-Latn", "ru": "rus-Cyrl", "zh": "cmn-Hans",
                 "ja": "jpn-Jpan", "ko": "kor-Hang", "ar": "ara-Arab", "tr": "tur-Latn"}
-
-
-class TaskFolderError(ValueError):
-    """A task folder whose kind or format cannot be read; the message names the file and the fix."""
+FOLDER_SPLIT = "test"  # the split file every folder holds, whatever mteb calls the split
 
 
 def mteb_task_name(folder: Path) -> str:
     """The mteb task name of a folder: the known table, else the folder's own name."""
     return KNOWN_FOLDERS.get(Path(folder).name, Path(folder).name)
-
-
-def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a bad line or a missing field names the file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFolderError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove the line") from e
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise TaskFolderError(f"{path}:{i}: missing field(s) {missing}; every row needs {list(required)}")
-            rows.append(row)
-    if not rows:
-        raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
-    return rows
 
 
 def is_task_folder(folder: Path) -> bool:
@@ -87,7 +80,8 @@ def is_task_folder(folder: Path) -> bool:
 
 
 def folder_kind(folder: Path) -> str:
-    """The task kind a folder holds, from its files and the fields of its first test row."""
+    """The task kind a folder holds, from its files and the fields of its first test row (only that
+    row is read)."""
     folder = Path(folder)
     if (folder / "corpus.jsonl").exists():
         for need in ("queries.jsonl", "qrels/test.tsv"):
@@ -99,12 +93,8 @@ def folder_kind(folder: Path) -> str:
     if not test.exists():
         raise TaskFolderError(f"{folder}: no test.jsonl (or corpus.jsonl + queries.jsonl + qrels/test.tsv for "
                               "retrieval); see ../shared/data/README.md for the layouts")
-    with open(test, encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        keys = set(json.loads(first))
-    except json.JSONDecodeError as e:
-        raise TaskFolderError(f"{test}:1: not valid JSON ({e.msg})") from e
+    _, row = first_row(test)
+    keys = set(row)
     if {"sentence1", "sentence2", "score"} <= keys:
         return "sts"
     if {"sentence1", "sentence2", "label"} <= keys:
@@ -127,120 +117,156 @@ def folder_fingerprint(folder: Path) -> str:
     return hash_path(Path(folder))
 
 
-# ---------------------------------------------------------------- reading folders
-def _sts_dataset(rows: list[dict[str, Any]]):
-    from datasets import Dataset
+def arrow_cache_dir() -> Path:
+    """Where retrieval corpora are kept as memory-mapped Arrow files (keyed by file content)."""
+    from kalm.models import cache_root
 
-    return Dataset.from_dict({"sentence1": [str(r["sentence1"]) for r in rows],
-                              "sentence2": [str(r["sentence2"]) for r in rows],
-                              "score": [float(r["score"]) for r in rows]})
+    return cache_root() / "eval" / "arrow"
 
 
-def read_sts(folder: Path, splits: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """{lang or 'default': {split: rows}} of an STS folder."""
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for split in splits:
-        for r in read_jsonl(folder / f"{split}.jsonl", ("sentence1", "sentence2", "score")):
-            out.setdefault(str(r.get("lang", "default")), {}).setdefault(split, []).append(r)
+# ---------------------------------------------------------------- reading files
+def _lang(path: Path, n: int, row: dict[str, Any]) -> str:
+    return text_field(path, n, row, "lang") if "lang" in row else "default"
+
+
+def read_sts(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """{lang or 'default': rows} of an STS file; scores must be numbers."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n, r in iter_jsonl(path, ("sentence1", "sentence2", "score")):
+        out.setdefault(_lang(path, n, r), []).append({
+            "sentence1": text_field(path, n, r, "sentence1"), "sentence2": text_field(path, n, r, "sentence2"),
+            "score": number_field(path, n, r, "score")})
+    if not out:
+        raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
     return out
 
 
-def read_classification(folder: Path, splits: list[str], train_split: str = "train"):
-    """A DatasetDict with ``train_split`` and the eval splits; labels mapped to ints (sorted names)."""
+def _sts_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in ("sentence1", "sentence2", "score")})
+
+
+def read_classification(files: dict[str, Path], train_split: str = "train"):
+    """A DatasetDict of the given split files; labels (one JSON type per file) mapped to ints by sorted name."""
     from datasets import Dataset, DatasetDict
 
-    files = {s: read_jsonl(folder / f"{s}.jsonl", ("text", "label")) for s in [train_split, *splits]}
-    names = sorted({str(r["label"]) for r in files[train_split]})
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for split, path in files.items():
+        types = LabelTypes(path)
+        rows[split] = [(text_field(path, n, r, "text"), str(types.check(n, r["label"])))
+                       for n, r in iter_jsonl(path, ("text", "label"))]
+        if not rows[split]:
+            raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
+    names = sorted({lab for _, lab in rows[train_split]})
     index = {n: i for i, n in enumerate(names)}
-    for s in splits:
-        unknown = sorted({str(r["label"]) for r in files[s]} - set(index))
+    for split, path in files.items():
+        unknown = sorted({lab for _, lab in rows[split]} - set(index))
         if unknown:
-            raise TaskFolderError(f"{folder / f'{s}.jsonl'}: labels {unknown[:5]} never occur in "
-                                  f"{train_split}.jsonl; the classifier can only predict labels it was trained on")
-    return DatasetDict({s: Dataset.from_dict({"text": [str(r["text"]) for r in rows],
-                                              "label": [index[str(r["label"])] for r in rows]})
-                        for s, rows in files.items()})
+            raise TaskFolderError(f"{path}: labels {unknown[:5]} never occur in {files[train_split].name}; the "
+                                  "classifier can only predict labels it was trained on")
+    return DatasetDict({s: Dataset.from_dict({"text": [t for t, _ in r], "label": [index[lab] for _, lab in r]})
+                        for s, r in rows.items()})
 
 
-def read_pair_classification(folder: Path, split: str, cols: tuple[str, str, str]):
+def read_pair_classification(path: Path, cols: tuple[str, str, str]):
     from datasets import Dataset
 
-    rows = read_jsonl(folder / f"{split}.jsonl", ("sentence1", "sentence2", "label"))
-    bad = sorted({r["label"] for r in rows if r["label"] not in (0, 1, True, False)}, key=str)
-    if bad:
-        raise TaskFolderError(f"{folder / f'{split}.jsonl'}: label must be 0 or 1, found {bad[:5]}")
     c1, c2, lab = cols
-    return Dataset.from_dict({c1: [str(r["sentence1"]) for r in rows], c2: [str(r["sentence2"]) for r in rows],
-                              lab: [int(r["label"]) for r in rows]})
+    out: dict[str, list[Any]] = {c1: [], c2: [], lab: []}
+    for n, r in iter_jsonl(path, ("sentence1", "sentence2", "label")):
+        label = r["label"]
+        if isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int):
+            raise TaskFolderError(f"{path}:{n}: label is {label!r}; pair classification labels are the integers "
+                                  "0 (not a pair) or 1 (a pair)")
+        out[c1].append(text_field(path, n, r, "sentence1"))
+        out[c2].append(text_field(path, n, r, "sentence2"))
+        out[lab].append(int(label))
+    if not out[lab]:
+        raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
+    return Dataset.from_dict(out)
 
 
-def read_clustering(folder: Path, split: str, flat: bool):
-    """Clustering rows: one problem per row (mteb's legacy layout) or flattened (one text per row)."""
+def read_clustering(path: Path) -> dict[str, list[dict[str, list[str]]]]:
+    """{lang or 'default': problems}, a problem ``{"sentences": [...], "labels": [...]}`` per row."""
+    out: dict[str, list[dict[str, list[str]]]] = {}
+    types = LabelTypes(path, "labels")
+    for n, r in iter_jsonl(path, ("sentences", "labels")):
+        sentences, labels = r["sentences"], r["labels"]
+        if not isinstance(sentences, list) or not isinstance(labels, list):
+            raise TaskFolderError(f"{path}:{n}: 'sentences' and 'labels' must be JSON lists (one problem per row)")
+        if len(sentences) != len(labels):
+            raise TaskFolderError(f"{path}:{n}: {len(sentences)} sentences but {len(labels)} labels; give one "
+                                  "label per sentence")
+        texts = [text_field(path, n, {"sentences": s}, "sentences") for s in sentences]
+        out.setdefault(_lang(path, n, r), []).append(
+            {"sentences": texts, "labels": [str(types.check(n, x)) for x in labels]})
+    if not out:
+        raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
+    return out
+
+
+def _clustering_dataset(problems: list[dict[str, list[str]]], flat: bool):
+    """Legacy layout (a row per problem) or flattened (a text per row) for mteb's fast clustering."""
     from datasets import Dataset
 
-    rows = read_jsonl(folder / f"{split}.jsonl", ("sentences", "labels"))
-    for i, r in enumerate(rows, 1):
-        if len(r["sentences"]) != len(r["labels"]):
-            raise TaskFolderError(f"{folder / f'{split}.jsonl'}:{i}: {len(r['sentences'])} sentences but "
-                                  f"{len(r['labels'])} labels; give one label per sentence")
     if flat:
-        return Dataset.from_dict({"sentences": [str(s) for r in rows for s in r["sentences"]],
-                                  "labels": [str(x) for r in rows for x in r["labels"]]})
-    return Dataset.from_dict({"sentences": [[str(s) for s in r["sentences"]] for r in rows],
-                              "labels": [[str(x) for x in r["labels"]] for r in rows]})
+        return Dataset.from_dict({"sentences": [s for p in problems for s in p["sentences"]],
+                                  "labels": [x for p in problems for x in p["labels"]]})
+    return Dataset.from_dict({"sentences": [p["sentences"] for p in problems],
+                              "labels": [p["labels"] for p in problems]})
 
 
-def read_retrieval(folder: Path, split: str) -> dict[str, Any]:
-    """mteb's RetrievalSplitData from a BEIR-layout folder."""
-    from datasets import Dataset
+def read_retrieval(folder: Path, qrels_path: Path) -> tuple[dict[str, Any], list[str]]:
+    """mteb's RetrievalSplitData from a BEIR-layout folder, and notes on the queries left out.
 
-    corpus = read_jsonl(folder / "corpus.jsonl", ("_id", "text"))
-    queries = read_jsonl(folder / "queries.jsonl", ("_id", "text"))
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    lines = qrels_path.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0].split("\t")[:3] != ["query-id", "corpus-id", "score"]:
-        raise TaskFolderError(f"{qrels_path}: first line must be the header 'query-id<TAB>corpus-id<TAB>score'")
-    doc_ids = {str(d["_id"]) for d in corpus}
-    qrels: dict[str, dict[str, int]] = {}
-    for n, line in enumerate(lines[1:], 2):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) < 3:
-            raise TaskFolderError(f"{qrels_path}:{n}: expected 3 tab-separated fields, got {len(parts)}")
-        q, d, s = parts[:3]
-        if d not in doc_ids:
-            raise TaskFolderError(f"{qrels_path}:{n}: corpus-id {d!r} is not an _id in corpus.jsonl")
-        qrels.setdefault(q, {})[d] = int(float(s))
-    return {
-        "corpus": Dataset.from_dict({"id": [str(d["_id"]) for d in corpus],
-                                     "title": [str(d.get("title") or "") for d in corpus],
-                                     "text": [str(d["text"]) for d in corpus]}),
-        "queries": Dataset.from_dict({"id": [str(q["_id"]) for q in queries], "text": [str(q["text"]) for q in queries]}),
-        "relevant_docs": qrels,
-        "top_ranked": None,
-    }
+    Corpus and queries are memory-mapped Arrow (converted once per file content); qrels keep
+    scores > 0 only (see ``readers.read_qrels``).
+    """
+    cache = arrow_cache_dir()
+    corpus, doc_ids = corpus_dataset(folder / "corpus.jsonl", cache, with_title=True)
+    queries, query_ids = corpus_dataset(folder / "queries.jsonl", cache, with_title=False)
+    qrels, counts = read_qrels(qrels_path, query_ids, doc_ids, folder / "queries.jsonl", folder / "corpus.jsonl")
+    del doc_ids
+    notes = []
+    left_out = counts["zero_only_queries"] + counts["unjudged_queries"]
+    if left_out:
+        why = []
+        if counts["zero_only_queries"]:
+            why.append(f"{counts['zero_only_queries']} judged only with score 0 (not relevant) in {qrels_path.name}")
+        if counts["unjudged_queries"]:
+            why.append(f"{counts['unjudged_queries']} without any row in {qrels_path.name}")
+        notes.append(f"{left_out} of {len(query_ids)} queries left out of the score, as mteb leaves out queries with "
+                     f"no relevant document: {'; '.join(why)}")
+    if not qrels:
+        raise TaskFolderError(f"{qrels_path}: no query has a relevant document (score >= 1); nothing can be scored")
+    return {"corpus": corpus, "queries": queries, "relevant_docs": qrels, "top_ranked": None}, notes
 
 
-def read_reranking(folder: Path, split: str) -> dict[str, Any]:
+def read_reranking(path: Path) -> dict[str, Any]:
     """Reranking rows as mteb 2 runs reranking: retrieval restricted to each query's candidates (top_ranked)."""
     from datasets import Dataset
 
-    rows = read_jsonl(folder / f"{split}.jsonl", ("query", "positive", "negative"))
     doc_id: dict[str, str] = {}  # the same candidate text shared by queries is one corpus document
     queries, qrels, top_ranked = [], {}, {}
-    for i, r in enumerate(rows):
+    for n, r in iter_jsonl(path, ("query", "positive", "negative")):
+        for key in ("positive", "negative"):
+            if not isinstance(r[key], list):
+                raise TaskFolderError(f"{path}:{n}: {key!r} must be a JSON list of texts")
         if not r["positive"]:
-            raise TaskFolderError(f"{folder / f'{split}.jsonl'}:{i + 1}: 'positive' is empty; give at least one")
-        qid = f"q{i}"
-        queries.append((qid, str(r["query"])))
+            raise TaskFolderError(f"{path}:{n}: 'positive' is empty; give at least one")
+        qid = f"q{n}"
+        queries.append((qid, text_field(path, n, r, "query")))
         top_ranked[qid], qrels[qid] = [], {}
-        for label, texts in ((1, r["positive"]), (0, r["negative"])):
-            for text in texts:
-                did = doc_id.setdefault(str(text), f"d{len(doc_id)}")
+        for label, key in ((1, "positive"), (0, "negative")):
+            for text in r[key]:
+                did = doc_id.setdefault(text_field(path, n, {key: text}, key), f"d{len(doc_id)}")
                 if did not in top_ranked[qid]:
                     top_ranked[qid].append(did)
-                qrels[qid][did] = max(label, qrels[qid].get(did, 0))
+                if label:
+                    qrels[qid][did] = 1
+    if not queries:
+        raise TaskFolderError(f"{path}: no rows; a task file needs at least one JSON line")
     return {
         "corpus": Dataset.from_dict({"id": list(doc_id.values()), "title": [""] * len(doc_id),
                                      "text": list(doc_id)}),
@@ -275,55 +301,76 @@ def _base_class(kind: str):
     return AbsTaskRetrieval  # retrieval and reranking (mteb 2 reranks via top_ranked)
 
 
-def _load_into(task, folder: Path, kind: str) -> None:
-    """Fill ``task.dataset`` from ``folder`` in the layout ``task``'s mteb class expects."""
+def _split_file(folder: Path, kind: str, split: str) -> Path:
+    return folder / "qrels" / f"{split}.tsv" if kind == "retrieval" else folder / f"{split}.jsonl"
+
+
+def split_files(folder: Path, kind: str, eval_splits: list[str]) -> dict[str, Path]:
+    """{mteb split: file holding it}. ``<split>.jsonl`` where present; a task with one eval split reads
+    the folder's ``test.jsonl`` as it (the README writes the evaluated split as test.jsonl, also
+    where mteb calls it validation)."""
+    out = {s: _split_file(folder, kind, s) for s in eval_splits if _split_file(folder, kind, s).exists()}
+    test = _split_file(folder, kind, FOLDER_SPLIT)
+    if not out and len(eval_splits) == 1 and test.exists():
+        out = {eval_splits[0]: test}
+    if not out:
+        raise TaskFolderError(f"{folder}: none of the eval splits {eval_splits} is in the folder; write the evaluated "
+                              f"split as {test.relative_to(folder)}")
+    return out
+
+
+def _load_into(task, folder: Path, kind: str, files: dict[str, Path]) -> None:
+    """Fill ``task.dataset`` from ``files`` ({split: file}) in the layout ``task``'s mteb class expects."""
     from datasets import DatasetDict
 
-    splits = list(task.eval_splits)
-    if kind == "sts":
-        by_subset = read_sts(folder, splits)
-        if task.metadata.is_multilingual:
-            task.dataset = {s: DatasetDict({sp: _sts_dataset(rows) for sp, rows in by_subset[s].items()})
+    task.kalm_notes = []
+    multilingual = task.metadata.is_multilingual
+    if kind in ("sts", "clustering"):
+        from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+
+        flat = not isinstance(task, AbsTaskClusteringLegacy)
+        by_split = {sp: (read_sts(p) if kind == "sts" else read_clustering(p)) for sp, p in files.items()}
+
+        def build(rows):
+            return _sts_dataset(rows) if kind == "sts" else _clustering_dataset(rows, flat)
+
+        if multilingual:
+            task.dataset = {s: DatasetDict({sp: build(subsets.get(s, [])) for sp, subsets in by_split.items()})
                             for s in task.hf_subsets}
         else:
-            rows = {sp: [r for sub in by_subset.values() for r in sub.get(sp, [])] for sp in splits}
-            task.dataset = DatasetDict({sp: _sts_dataset(r) for sp, r in rows.items()})
+            task.dataset = DatasetDict({sp: build([r for rows in subsets.values() for r in rows])
+                                        for sp, subsets in by_split.items()})
     elif kind == "classification":
-        task.dataset = read_classification(folder, splits, getattr(task, "train_split", "train"))
+        train_split = getattr(task, "train_split", "train")
+        task.dataset = read_classification({train_split: folder / f"{train_split}.jsonl", **files}, train_split)
     elif kind == "pair_classification":
         cols = (task.input1_column_name, task.input2_column_name, task.label_column_name)
         if not all(isinstance(c, str) for c in cols):
             raise TaskFolderError(f"{folder}: {task.metadata.name} is a multimodal pair task; local folders hold text")
-        data = DatasetDict({sp: read_pair_classification(folder, sp, cols) for sp in splits})
-        task.dataset = data
-    elif kind == "clustering":
-        from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
-
-        flat = not isinstance(task, AbsTaskClusteringLegacy)
-        task.dataset = DatasetDict({sp: read_clustering(folder, sp, flat) for sp in splits})
+        task.dataset = DatasetDict({sp: read_pair_classification(p, cols) for sp, p in files.items()})
     elif kind == "retrieval":
-        task.dataset = {"default": {sp: read_retrieval(folder, sp) for sp in splits}}
+        task.dataset = {"default": {}}
+        for sp, p in files.items():
+            task.dataset["default"][sp], notes = read_retrieval(folder, p)
+            task.kalm_notes += notes
     elif kind == "reranking":
-        task.dataset = {"default": {sp: read_reranking(folder, sp) for sp in splits}}
+        task.dataset = {"default": {sp: read_reranking(p) for sp, p in files.items()}}
     else:  # pragma: no cover - folder_kind returns only KINDS
         raise TaskFolderError(f"{folder}: unsupported kind {kind}")
     task.data_loaded = True
 
 
 def _local_metadata(base_metadata, name: str, kind: str, folder: Path, data_hash: str):
-    """Metadata of a local task: mteb's own (when registered) with the local data's path and revision."""
+    """Metadata of a local task (mteb's own when registered, with the local data's path and revision)
+    and the split files it reads."""
     from mteb.abstasks.task_metadata import TaskMetadata
 
     dataset = {"path": str(folder), "revision": f"local-{data_hash[:12]}"}
     if base_metadata is not None:
-        update: dict[str, Any] = {"dataset": dataset}
-        splits = [s for s in base_metadata.eval_splits if _split_present(folder, kind, s)]
-        if not splits:
-            raise TaskFolderError(f"{folder}: none of {base_metadata.name}'s eval splits {base_metadata.eval_splits} "
-                                  "is in the folder; name the files <split>.jsonl (or qrels/<split>.tsv)")
-        update["eval_splits"] = splits
+        files = split_files(folder, kind, list(base_metadata.eval_splits))
+        update: dict[str, Any] = {"dataset": dataset, "eval_splits": list(files)}
         if base_metadata.is_multilingual:
-            langs = _folder_langs(folder, splits)
+            langs = _folder_langs(kind, files)
             known = base_metadata.eval_langs
             missing = [lang for lang in langs if lang not in known]
             if missing:
@@ -331,30 +378,27 @@ def _local_metadata(base_metadata, name: str, kind: str, folder: Path, data_hash
                                       f"({sorted(known)}); drop those rows or use another task name")
             # Only the languages present locally are evaluated (and averaged).
             update["eval_langs"] = {lang: known[lang] for lang in langs}
-        return base_metadata.model_copy(update=update)
-    langs = _folder_langs(folder, ["test"]) if kind == "sts" else []
+        return base_metadata.model_copy(update=update), files
+    files = split_files(folder, kind, [FOLDER_SPLIT])
+    langs = _folder_langs(kind, files)
     eval_langs: Any = ["eng-Latn"]
     if len(langs) > 1 or (langs and langs != ["default"]):
         eval_langs = {lang: [_LANG_SCRIPT.get(lang, "eng-Latn")] for lang in langs}
     return TaskMetadata(
         name=name, description=f"Local {MTEB_TYPE[kind]} task read from {folder}", type=MTEB_TYPE[kind],
-        category="t2t", modalities=["text"], dataset=dataset, eval_splits=["test"], eval_langs=eval_langs,
+        category="t2t", modalities=["text"], dataset=dataset, eval_splits=[FOLDER_SPLIT], eval_langs=eval_langs,
         main_score=MAIN_SCORE[kind], reference=None, date=None, domains=None, task_subtypes=None, license=None,
         annotations_creators=None, dialect=None, sample_creation=None, bibtex_citation="",
-    )
+    ), files
 
 
-def _split_present(folder: Path, kind: str, split: str) -> bool:
-    if kind == "retrieval":
-        return (folder / "qrels" / f"{split}.tsv").exists()
-    return (folder / f"{split}.jsonl").exists()
-
-
-def _folder_langs(folder: Path, splits: list[str]) -> list[str]:
+def _folder_langs(kind: str, files: dict[str, Path]) -> list[str]:
+    """The ``lang`` values of STS and clustering rows ('default' for rows without one)."""
+    if kind not in ("sts", "clustering"):
+        return []
     langs: set[str] = set()
-    for s in splits:
-        if (folder / f"{s}.jsonl").exists():
-            langs |= {str(r.get("lang", "default")) for r in read_jsonl(folder / f"{s}.jsonl")}
+    for path in files.values():
+        langs |= {_lang(path, n, r) for n, r in iter_jsonl(path)}
     return sorted(langs)
 
 
@@ -369,7 +413,10 @@ def _registered_class(name: str):
 
 
 def load_local_task(folder: Path, name: Optional[str] = None):
-    """An mteb task object whose ``load_data`` reads ``folder`` (nothing is read from the hub)."""
+    """An mteb task object whose ``load_data`` reads ``folder`` (nothing is read from the hub).
+
+    After ``load_data``, ``task.kalm_notes`` lists what was left out of the score and why.
+    """
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise TaskFolderError(f"task folder {folder} does not exist; check data_dir and the task's 'local' field")
@@ -380,16 +427,16 @@ def load_local_task(folder: Path, name: Optional[str] = None):
         raise TaskFolderError(f"{folder} holds a {kind} task but mteb's {name} is {registered.metadata.type}; "
                               "fix the task name in the config (or the folder)")
     base = registered or _base_class(kind)
-    metadata = _local_metadata(registered.metadata if registered else None, name, kind, folder,
-                               folder_fingerprint(folder))
+    metadata, files = _local_metadata(registered.metadata if registered else None, name, kind, folder,
+                                      folder_fingerprint(folder))
 
     def load_data(self, num_proc=None, **kwargs) -> None:  # noqa: ARG001 - mteb's load_data signature
         if self.data_loaded:
             return
-        _load_into(self, folder, kind)
+        _load_into(self, folder, kind, files)
 
     attrs: dict[str, Any] = {"metadata": metadata, "load_data": load_data, "local_folder": folder, "local_kind": kind,
-                             "__module__": __name__}
+                             "local_files": files, "kalm_notes": [], "__module__": __name__}
     if kind == "clustering" and registered is None:
         attrs.update(input_column_name="sentences", label_column_name="labels")
     if kind == "pair_classification" and registered is None:

@@ -18,21 +18,36 @@ from kalm.training.config import TrainConfig
 _ST_POOLING = {"mean": "mean", "last_token": "lasttoken", "cls": "cls"}
 
 
-def instruction_prompts(cfg: TrainConfig, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """One query prompt per task type (its most common instruction), plus ``query`` as the default."""
-    if not cfg.use_instructions:
+def instruction_prompts(cfg: TrainConfig, rows: Any) -> dict[str, str]:
+    """The exported model's ``prompts``: ``cfg.instruction_policy().mteb_prompts`` of each task type's most
+    common instruction (ties: the alphabetically first), under the names mteb reads (``Retrieval-query``,
+    ``STS``, ``query``, ...), so ``mteb run -m <model>`` and ``kalm eval`` give every task the
+    instruction the model was trained with, on the sides training gave it (kalm/instructions.py).
+
+    Args:
+        rows: the training examples: dicts with ``task_type`` and ``instruction``, or a pyarrow Table
+            with those columns (counted without turning rows into Python objects).
+
+    Returns:
+        {} when ``train.use_instructions`` is off or no example has an instruction.
+    """
+    policy = cfg.instruction_policy()
+    if not policy.enabled:
         return {}
-    by_type: dict[str, Counter] = {}
-    for r in rows:
-        if r.get("instruction"):
-            by_type.setdefault(r["task_type"], Counter())[r["instruction"]] += 1
-    prompts = {}
-    for task_type, counts in by_type.items():
-        instruction = counts.most_common(1)[0][0]
-        prompts[task_type] = cfg.query_instruction_format.format(instruction=instruction, query="")
-    if prompts:
-        prompts["query"] = prompts.get("retrieval", next(iter(prompts.values())))
-    return prompts
+    counts: Counter = Counter()
+    if hasattr(rows, "group_by") and hasattr(rows, "column_names"):  # pyarrow Table
+        grouped = rows.select(["task_type", "instruction"]).group_by(["task_type", "instruction"]).aggregate(
+            [([], "count_all")])
+        for t, i, c in zip(*(grouped.column(k).to_pylist() for k in ("task_type", "instruction", "count_all"))):
+            counts[(t, i)] += c
+    else:
+        for r in rows:
+            counts[(r["task_type"], r.get("instruction"))] += 1
+    best: dict[str, tuple[int, str]] = {}
+    for (task_type, instruction), c in counts.items():
+        if instruction and (task_type not in best or (-c, instruction) < (-best[task_type][0], best[task_type][1])):
+            best[task_type] = (c, instruction)
+    return policy.mteb_prompts({t: i for t, (_, i) in best.items()})
 
 
 def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]], out: Path) -> Path:
