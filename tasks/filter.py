@@ -17,7 +17,7 @@ def filter_task(cfg: FilterConfig, inputs: list[StageResult], run_dir: str) -> S
     from kalm.filtering.stage import run_filter
 
     progress = ProgressArtifact("filter-progress", "Ranking-consistency filter")
-    files = [p for r in inputs for p in r.parquet_files() if p.name != "dropped.parquet"]
+    files = [p for r in inputs for p in r.example_files()]
     result = run_filter(cfg, files, Path(run_dir) / "filter", KALM_DIR / "cache" / "embeddings", progress=progress)
     progress.close()
     stats = result.info["stats"]
