@@ -26,6 +26,11 @@ def filter_task(cfg: FilterConfig, inputs: list[StageResult], run_dir: str) -> S
              "", "| source | kept | dropped |", "|---|---:|---:|",
              *[f"| {k} | {v['kept']} | {v['dropped']} |" for k, v in sorted(stats["by_source"].items())],
              "", "| positive rank | examples |", "|---|---:|",
-             *[f"| {k} | {v} |" for k, v in stats["rank_histogram"].items()]]
+             *[f"| {k} | {v} |" for k, v in stats["rank_histogram"].items()],
+             "", "| given negative removed | count |", "|---|---:|",
+             *[f"| {k} | {v} |" for k, v in stats["negatives_removed"].items()],
+             "", "| pool | examples | search | depth | recall@depth |", "|---|---:|---|---:|---:|",
+             *[f"| {k} | {v['examples']} | {v['kind']} | {v['depth']} | "
+               f"{v['recall']['recall'] if 'recall' in v else 'exact'} |" for k, v in stats.get("pools", {}).items()]]
     publish_summary(result, "filter", "\n".join(lines))
     return result

@@ -13,7 +13,8 @@ class IndexOptions(Strict):
     kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description="'flat': exact search over the memory-mapped pool in chunks; 'ivf': faiss IVF (lists in "
                             "memory, or on disk above memory_gb); 'auto': flat below exact_below vectors, else ivf")
-    exact_below: int = Field(50_000, ge=1, description="'auto' uses exact search below this many pool vectors")
+    exact_below: int = Field(200_000, ge=1, description="'auto' uses exact search below this many pool vectors "
+                                                         "(above: IVF where it reaches target_recall faster)")
     ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 = 4*sqrt(n), at most n/39 (faiss' k-means needs "
                                                 "39 training points per list)")
     ivf_nprobe: int = Field(0, ge=0, description="lists probed; 0 = the smallest power of two whose recall at the "

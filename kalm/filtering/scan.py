@@ -93,13 +93,27 @@ class TextTable:
 
     def __init__(self, path: Path):
         self._source = pa.memory_map(str(path))
-        self._column = ipc.open_file(self._source).read_all().column("text")
+        self._chunks = list(ipc.open_file(self._source).read_all().column("text").chunks)
+        self._starts = np.cumsum([0] + [len(c) for c in self._chunks])
 
     def take(self, occ: np.ndarray) -> list[str]:
-        return self._column.take(pa.array(np.asarray(occ, dtype=np.int64))).to_pylist()
+        """The texts at occurrence indices ``occ``, in that order. Taken chunk by chunk: pyarrow's
+        ``ChunkedArray.take`` concatenates every chunk first (the whole table copied per call)."""
+        occ = np.asarray(occ, dtype=np.int64)
+        order = np.argsort(occ, kind="stable")
+        ordered = occ[order]
+        chunk = np.searchsorted(self._starts, ordered, side="right") - 1
+        bounds = np.searchsorted(chunk, np.arange(len(self._chunks) + 1))
+        values: list[str] = []
+        for c in np.flatnonzero(np.diff(bounds)):
+            at = ordered[bounds[c]:bounds[c + 1]] - self._starts[c]
+            values += self._chunks[c].take(pa.array(at)).to_pylist()
+        out = np.empty(len(occ), dtype=object)
+        out[order] = values
+        return out.tolist()
 
     def close(self) -> None:
-        self._column = None
+        self._chunks = []
         self._source.close()
 
 

@@ -29,7 +29,8 @@ from kalm.filtering.judge import judge
 from kalm.filtering.pools import Pool, build_pool
 from kalm.filtering.scan import NEG_KEEP, NEG_REASONS, Scan, TextTable, scan
 from kalm.filtering.store import unique_keys
-from kalm.filtering.search import ExactSearch, FaissSearch, build_search, tune_recall
+from kalm.filtering.search import (ExactSearch, FaissSearch, approximate_pays, build_search, gpu_count, tune_recall,
+                                   use_gpu_for)
 from kalm.schema import ShardWriter, count_rows, read_batches
 from kalm.stage import Progress, StageResult, no_progress
 from kalm.store import atomic_write_json, hash_outputs
@@ -111,6 +112,7 @@ def run_filter(cfg: FilterConfig, inputs: Sequence[Path], out: Path, cache_dir: 
         hashes=hash_outputs(out, written["kept"]),
         counts={"input": sc.rows, "kept": stats["kept"], "dropped": stats["dropped"],
                 "mined_negatives": stats["mined_negatives"], "negatives_removed": sum(removed.values()),
+                "unjudged_zero_vector": sum(p.get("unjudged_zero_vector", 0) for p in pool_info.values()),
                 **{f"removed_{k}": v for k, v in removed.items()}},
         seconds=time.perf_counter() - start, info={"stats": stats},
     )
@@ -154,23 +156,33 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
     if isinstance(searcher, FaissSearch):
         fixed = cfg.index.ivf_nprobe if searcher.param == "nprobe" else cfg.index.hnsw_ef_search
         sample = _sample_groups(groups, cfg.index.recall_sample, np.random.default_rng(0))
-        probe = [(store.gather(q_loc[s]), lo, hi, x) for s, lo, hi, x, _ in sample]
-        info["recall"] = tune_recall(searcher, ExactSearch(vectors, chunk), probe, depth, cfg.index.target_recall,
-                                     fixed=fixed)
+        probe = [(q[np.einsum("ij,ij->i", q, q) > 1e-6], lo, hi, x)
+                 for q, lo, hi, x in ((store.gather(q_loc[s]), lo, hi, x) for s, lo, hi, x, _ in sample)]
+        probe = [g for g in probe if len(g[0])]
+        exact = ExactSearch(vectors, chunk, gpu=use_gpu_for(cfg.index, depth, gpu_count()))
+        info["recall"] = tune_recall(searcher, exact, probe, depth, cfg.index.target_recall, fixed=fixed)
         info["lists_on_disk"] = searcher.on_disk
+        if cfg.index.kind == "auto" and not approximate_pays(info["recall"], cfg.index.target_recall):
+            searcher = exact  # 'auto': the approximate index was no faster at the target recall
+            info["kind"] = "flat (ivf not faster at the target recall)"
     t_index = time.perf_counter() - t1
 
     want_all = np.maximum(0, cfg.num_negatives - pool.kept_given)
-    deeper = 0
+    deeper = unembeddable = 0
     done_q = 0
     for local, lo, hi, extras, k in groups:
         for a in range(0, len(local), chunk):
             part = local[a:a + chunk]
             kk = min(k, T)
-            while True:
-                q = store.gather(q_loc[part])
+            q = store.gather(q_loc[part])
+            pos_vec = _gather(vectors, pool.pos_id[part])
+            # A text the teacher maps to a zero vector (a static teacher knows none of its tokens, e.g.
+            # a script outside its vocabulary) ties with everything: such examples pass unjudged.
+            ok = (np.einsum("ij,ij->i", q, q) > 1e-6) & (np.einsum("ij,ij->i", pos_vec, pos_vec) > 1e-6)
+            unembeddable += int((~ok).sum())
+            part, q, pos_vec = part[ok], q[ok], pos_vec[ok]
+            while len(part):
                 s, ids = searcher.search(q, kk, lo, hi, extras)
-                pos_vec = _gather(vectors, pool.pos_id[part])
                 rows = pool.rows[part]
                 j = judge(pool, part, s, ids, q, pos_vec, vectors, sc.qn[rows], sc.pn[rows], want_all[part],
                           cfg.top_k, cfg.negative_rank_start, cfg.negative_rank_end, cfg.positive_margin)
@@ -182,10 +194,11 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
                         _store(results, pool, rows[short], j, short)
                     break
                 deeper += int(short.sum())
-                part, kk = part[short], min(2 * kk, T)
+                part, q, pos_vec, kk = part[short], q[short], pos_vec[short], min(2 * kk, T)
             done_q += len(local[a:a + chunk])
             progress(0.5 + 0.5 * done_q / max(len(pool.rows), 1), f"pool {pool.name}: judged {done_q}")
     info["searched_deeper"] = deeper
+    info["unjudged_zero_vector"] = unembeddable
     info["seconds"] = {"embed": round(t_embed, 2), "index": round(t_index, 2),
                        "search_and_judge": round(time.perf_counter() - t1 - t_index, 2)}
     del vectors
