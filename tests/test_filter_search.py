@@ -1,0 +1,100 @@
+"""Search with exclusions inside it: exact chunks, IVF (in memory and on disk), recall at the filter's depth,
+and the GPU decisions (k cap, one process pool) as plain functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kalm.filtering.config import FilterConfig, IndexOptions
+from kalm.filtering.embed import pool_devices
+from kalm.filtering.search import (GPU_MAX_K, ExactSearch, build_faiss, ivf_nlist, lists_on_disk, recall,
+                                   tune_recall, use_gpu_for)
+
+
+def _clustered(n: int, dim: int = 32, centers: int = 200, seed: int = 0) -> np.ndarray:
+    """Unit vectors around topic centres, like sentence embeddings (not uniform noise)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(q: np.ndarray, x: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
+    s = q @ x.T
+    s[:, excluded] = -np.inf
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+def test_exact_search_excludes_a_range_and_extras_inside_the_search(tmp_path):
+    x = _clustered(5000)
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    pool[:] = x
+    q = _clustered(40, seed=1)
+    extras = np.array([3, 17, 2999, 4000, 4001])
+    search = ExactSearch(pool, chunk=700)  # many chunks, one split by the range
+    s, ids = search.search(q, 50, lo=1000, hi=2500, extras=extras)
+    excluded = np.concatenate([np.arange(1000, 2500), extras])
+    np.testing.assert_array_equal(ids, _brute(q, x, 50, excluded))
+    assert not np.isin(ids, excluded).any()
+    np.testing.assert_allclose(s, np.take_along_axis(q @ x.T, ids, axis=1), rtol=1e-5, atol=1e-6)
+    # A pool smaller than k: the rest is -1.
+    small = ExactSearch(pool[:30], chunk=7)
+    _, ids = small.search(q, 50, lo=0, hi=10)
+    assert (ids[:, :20] >= 10).all() and (ids[:, 20:] == -1).all()
+
+
+@pytest.mark.parametrize("memory_gb", [4.0, 1e-4])
+def test_ivf_recall_at_the_filters_depth_with_exclusions(tmp_path, memory_gb):
+    """nprobe is tuned on a sample of queries, with their exclusions, to recall@depth >= 0.99 against
+    exact search; held-out queries get that recall too. memory_gb=1e-4 puts the lists on disk."""
+    n, dim = 40_000, 32
+    x = _clustered(n, dim)
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    pool[:] = x
+    opts = IndexOptions(kind="ivf", memory_gb=memory_gb, chunk_size=8192)
+    assert lists_on_disk(n, dim, opts) == (memory_gb < 1)
+    index = build_faiss(pool, "ivf", opts, tmp_path / "ivf")
+    assert index.on_disk == (memory_gb < 1) and index.index.nlist == ivf_nlist(n, opts) == 800
+    if index.on_disk:
+        assert (tmp_path / "ivf" / "lists.ivfdata").stat().st_size >= n * dim * 4
+    exact = ExactSearch(pool, chunk=8192)
+    depth = FilterConfig(top_k=50, negative_rank_end=100).search_depth  # 116: what the filter reads
+    # Queries near the pool's own vectors, half of them with a large block (5,000 ids) excluded.
+
+    def groups(seed: int) -> list:
+        r = np.random.default_rng(seed)
+        q = x[r.choice(n, 300, replace=False)] + 0.05 * r.normal(size=(300, dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        return [(q[:150], 0, 0, None), (q[150:], 10_000, 15_000, np.array([1, 2, 3]))]
+
+    tuned = tune_recall(index, exact, groups(0), depth, target=0.99)
+    assert tuned["param"] == "nprobe" and tuned["recall"] >= 0.99
+    assert tuned["value"] < index.index.nlist  # approximate, not exhaustive
+    held_out = groups(1)
+    approx = [index.search(q, depth, lo, hi, e) for q, lo, hi, e in held_out]
+    truth = [exact.search(q, depth, lo, hi, e) for q, lo, hi, e in held_out]
+    assert recall(approx, truth) >= 0.985
+    assert not np.isin(approx[1][1], np.r_[10_000:15_000, 1, 2, 3]).any()
+
+
+def test_gpu_decisions():
+    auto, always, never = (IndexOptions(use_gpu=u) for u in ("auto", "always", "never"))
+    assert use_gpu_for(auto, 116, ngpu=8) and not use_gpu_for(auto, 116, ngpu=0)
+    assert not use_gpu_for(auto, GPU_MAX_K + 1, ngpu=8)  # faiss' GPU k-selection stops at 2048
+    assert not use_gpu_for(never, 116, ngpu=8)
+    with pytest.raises(RuntimeError, match="no GPU"):
+        use_gpu_for(always, 116, ngpu=0)
+    with pytest.raises(RuntimeError, match="above faiss' GPU limit"):
+        use_gpu_for(always, 4000, ngpu=1)
+    # The filter's depth is fixed, whatever a label's size: far below the GPU limit by default.
+    assert FilterConfig().search_depth == 116 <= GPU_MAX_K
+    # One process pool per stage over every GPU when there are several; configured devices win.
+    assert pool_devices(None, 0) is None and pool_devices(None, 1) is None
+    assert pool_devices(None, 2) == ["cuda:0", "cuda:1"]
+    assert pool_devices(["cpu", "cpu"], 0) == ["cpu", "cpu"]
+
+
+def test_config_refuses_an_empty_mining_window():
+    with pytest.raises(ValueError, match="negative_rank_start .* must be below"):
+        FilterConfig(negative_rank_start=100, negative_rank_end=100)

@@ -1,0 +1,57 @@
+"""Teachers: the static (model2vec) teacher distilled offline, and one process pool per stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import psutil
+import pytest
+
+from kalm.filtering.embed import TeacherEncoder
+
+
+@pytest.fixture(scope="module")
+def sts_texts(shared_data) -> list[str]:
+    lines = (shared_data / "stsb_en" / "train.jsonl").read_text().splitlines()[:200]
+    return list(dict.fromkeys(t for r in map(json.loads, lines) for t in (r["sentence1"], r["sentence2"])))
+
+
+def test_static_teacher_is_distilled_once_offline_and_cached(sts_texts, tmp_path, tiny_bert_teacher, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = TeacherEncoder(tiny_bert_teacher, tmp_path, kind="static", static_dims=16, max_seq_length=64)
+    assert enc.runtime == "static" and enc.devices is None
+    vecs = enc.encode(sts_texts)
+    assert vecs.shape == (len(sts_texts), 16) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)  # float16 store
+    assert (enc.static_dir / "config.json").exists() and enc.misses == len(sts_texts)
+    # Same text, same vector whatever it is batched with; a text is the mean of its tokens' vectors,
+    # so a different text gets a different vector.
+    np.testing.assert_allclose(enc.encode([sts_texts[5]])[0], vecs[5], atol=1e-3)
+    assert float(vecs[0] @ vecs[1]) < 0.9999
+
+    again = TeacherEncoder(tiny_bert_teacher, tmp_path, kind="static", static_dims=16, max_seq_length=64)
+    mtime = (again.static_dir / "model.safetensors").stat().st_mtime_ns
+    np.testing.assert_array_equal(again.encode(sts_texts), vecs)
+    assert again.misses == 0 and again._model is None  # served by the store: no model loaded
+    assert (again.static_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    fresh = TeacherEncoder(tiny_bert_teacher, tmp_path / "other-cache", kind="static", static_dims=16,
+                           max_seq_length=64)
+    fresh.static_dir = again.static_dir  # the distilled model, reloaded: same vectors
+    np.testing.assert_allclose(fresh.encode(sts_texts[:20]), vecs[:20], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_one_process_pool_serves_every_chunk_and_is_stopped(sts_texts, tmp_path, minilm_ref):
+    """Several devices encode through ONE sentence-transformers pool for the encoder's (the stage's)
+    life; here two CPU workers stand in for two GPUs (the same start_multi_process_pool/pool= path)."""
+    single = TeacherEncoder(minilm_ref, tmp_path / "one", runtime="torch", batch_size=16).encode(sts_texts)
+    with TeacherEncoder(minilm_ref, tmp_path / "pool", batch_size=16, devices=["cpu", "cpu"]) as enc:
+        assert enc.runtime == "torch" and enc.chunk == 16 * 32 * 2
+        parts = [enc.encode(sts_texts[a:a + 100]) for a in range(0, len(sts_texts), 100)]
+        assert len(parts) >= 3 and enc.pools_started == 1
+        pids = [p.pid for p in enc._pool["processes"]]
+        assert all(psutil.pid_exists(pid) for pid in pids)
+    assert enc._pool is None and not any(psutil.pid_exists(pid) for pid in pids)
+    pooled = np.concatenate(parts)
+    assert float((pooled * single).sum(1).min()) > 0.999
