@@ -127,7 +127,8 @@ def run_baseline(model_dir: Path, data: list[tuple[str, str, str]], work: Path, 
     import torch
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, models)
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.sentence_transformer import modules as models
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     class CountingMNRL(MultipleNegativesRankingLoss):
@@ -138,10 +139,13 @@ def run_baseline(model_dir: Path, data: list[tuple[str, str, str]], work: Path, 
             return super().forward(sentence_features, labels)
 
     cuda = torch.cuda.is_available()
-    transformer = models.Transformer(str(model_dir), max_seq_length=length,
+    transformer = models.Transformer(str(model_dir), max_seq_length=length, module_output_name="token_embeddings",
+                                     modality_config={"text": {"method": "forward",
+                                                               "method_output_name": "last_hidden_state"}},
                                      model_args={"attn_implementation": "sdpa", "dtype": torch.float32})
-    model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_embedding_dimension(), "mean")],
-                                device="cuda" if cuda else "cpu")
+    # Plain-text modality, as our export uses: no chat template around a decoder's input.
+    model = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_embedding_dimension(), "mean"),
+                                         models.Normalize()], device="cuda" if cuda else "cpu")
     ds = Dataset.from_dict({"anchor": [q for q, _, _ in data], "positive": [p for _, p, _ in data],
                             "negative": [n for _, _, n in data]})
     args = SentenceTransformerTrainingArguments(

@@ -118,7 +118,9 @@ def _encode_batch(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> pa.Reco
     positives = batch.column("positive").to_pylist()
     negatives = batch.column("negatives")
     flat_negs = negatives.flatten().to_pylist()
-    neg_rows = np.repeat(np.arange(len(types)), np.diff(negatives.offsets.to_numpy()))
+    offsets = negatives.offsets.to_numpy()
+    offsets = offsets - offsets[0]  # a sliced array's offsets do not start at 0
+    neg_rows = np.repeat(np.arange(len(types)), np.diff(offsets))
     q_texts = [policy.query_text(t, i, q) for t, i, q in zip(types, instructions, queries)]
     p_texts = [policy.document_text(t, i, p) for t, i, p in zip(types, instructions, positives)]
     n_texts = [policy.document_text(types[r], instructions[r], n) for r, n in zip(neg_rows, flat_negs)]
@@ -132,7 +134,7 @@ def _encode_batch(batch: pa.RecordBatch, tokenizer, cfg: TrainConfig) -> pa.Reco
                          np.fromiter(map(len, p_ids), np.int32, len(p_ids)))
     if n_flat:
         np.maximum.at(lengths, neg_rows, np.fromiter(map(len, n_flat), np.int32, len(n_flat)))
-    neg_offsets = negatives.offsets  # rows' negatives keep their grouping
+    neg_offsets = pa.array(offsets, pa.int32())  # rows' negatives keep their grouping
     task = pc.binary_join_element_wise(batch.column("task_type"), batch.column("source"), "/")
     return pa.RecordBatch.from_arrays([
         batch.column("task_type"), task,
@@ -187,6 +189,8 @@ def prepare_training_data(cfg: TrainConfig, inputs: Sequence[Path], out_dir: Pat
                 pa.ipc.new_file(sink, ARROW_SCHEMA) as writer:
             for f in files:
                 for batch in read_batches([f], batch_size=_BATCH_ROWS):
+                    if batch.num_rows == 0:
+                        continue
                     batch = check_table(pa.Table.from_batches([batch]), str(f)).combine_chunks().to_batches()[0]
                     writer.write_batch(_encode_batch(batch, tokenizer, cfg))
                     pairs = pa.table({"t": batch.column("task_type"), "i": batch.column("instruction")})
