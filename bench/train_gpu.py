@@ -4,8 +4,9 @@ Qwen2-0.5B architecture, on one GPU, with nothing to download.
 The student is Qwen2-0.5B's architecture with random weights: a ``Qwen2Config`` with the
 published sizes (hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocabulary 151 936,
 tied embeddings), saved once to a temporary folder with a word-level tokenizer built in process
-(``tokenizers``): texts are random words, each exactly ``LENGTH`` tokens, so every batch of
-either trainer holds the same number of tokens and no padding (same batches, same length).
+(``tokenizers``, a byte-level BPE whose every 3-letter word is one token): texts are random
+words, each exactly ``LENGTH`` tokens, so every batch of either trainer holds the same number of
+tokens and no padding (same batches, same length).
 
 Both trainers: bf16 mixed precision (fp32 master weights, bf16 autocast), SDPA attention, batch
 ``BATCH`` (query, positive, hard negative) triplets, ``STEPS`` steps, AdamW lr 1e-5 with 10 %
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BATCH, LENGTH, STEPS, LR, TEMP = 32, 512, 40, 1e-5, 0.05
-WORDS = 151_936 - 8  # the vocabulary: Qwen2's size, less the special tokens
+WORD_LETTERS = 3  # the texts' words: 26^3 = 17 576 of them, one token each
 PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 
 # Qwen/Qwen2-0.5B's config.json (published sizes).
@@ -51,25 +52,41 @@ QWEN2_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, nu
                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-def word_tokenizer(vocab_words: int):
-    """A word-level fast tokenizer over ``w0 .. w{n-1}`` (whitespace split), EOS/PAD specials."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(letters: int = WORD_LETTERS):
+    """A byte-level BPE tokenizer in which every " " + ``letters``-letter lowercase word is one token.
+
+    Built in process (no download). It is a BPE with byte-level pre-tokenization, like Qwen2's
+    own, because transformers loads any qwen2 model's tokenizer as ``Qwen2Tokenizer``; the merges
+    grow each word from its letters, so a text of n such words is exactly n tokens."""
+    import itertools
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<pad>": 1, "<eos>": 2, **{f"w{i}": i + 3 for i in range(vocab_words)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    byte_level = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(["<unk>", "<pad>", "<eos>", *sorted(byte_level)])}
+    merges = []
+    for n in range(1, letters + 1):
+        for word in itertools.product(string.ascii_lowercase, repeat=n):
+            prefix, last = "\u0120" + "".join(word[:-1]), word[-1]
+            vocab.setdefault(prefix + last, len(vocab))
+            merges.append((prefix, last))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
                                    model_max_length=1_000_000)
 
 
-def build_student(folder: Path, vocab_words: int = WORDS, **sizes: Any) -> Path:
+def build_student(folder: Path, letters: int = WORD_LETTERS, **sizes: Any) -> Path:
     """Save a random-weight Qwen2 (Qwen2-0.5B's sizes unless ``sizes`` override them) and the word tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2Model
 
-    tok = word_tokenizer(vocab_words)
-    config = Qwen2Config(**{**QWEN2_05B, **sizes, "vocab_size": max(len(tok), sizes.get("vocab_size", 0))},
+    tok = word_tokenizer(letters)
+    sizes = {**QWEN2_05B, **sizes}
+    config = Qwen2Config(**{**sizes, "vocab_size": max(len(tok), sizes["vocab_size"])},
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     Qwen2Model(config).save_pretrained(folder)
@@ -77,12 +94,14 @@ def build_student(folder: Path, vocab_words: int = WORDS, **sizes: Any) -> Path:
     return Path(folder)
 
 
-def make_triplets(n: int, length: int, vocab_words: int = WORDS, seed: int = 0) -> list[tuple[str, str, str]]:
+def make_triplets(n: int, length: int, letters: int = WORD_LETTERS, seed: int = 0) -> list[tuple[str, str, str]]:
     """``n`` (query, positive, negative) texts of exactly ``length`` words (= tokens) each, all distinct."""
+    import string
+
     rng = random.Random(seed)
 
     def text() -> str:
-        return " ".join(f"w{rng.randrange(vocab_words)}" for _ in range(length))
+        return "".join(" " + "".join(rng.choices(string.ascii_lowercase, k=letters)) for _ in range(length))
 
     return [(text(), text(), text()) for _ in range(n)]
 

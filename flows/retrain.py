@@ -81,6 +81,11 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
             scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)
         else:
             scores = store.read_manifest().get("stages", {}).get("evaluate", {}).get("scores", {})
+            if todo & set(STAGES[:STAGES.index("evaluate")]):
+                # The stored scores are the previous model's: never judge (or report) the new model by them.
+                scores = {k: v for k, v in scores.items() if k != "trained"}
+                logger.warning("evaluate was not rerun: the newly trained model has no scores yet "
+                               "(kalm run --run-id %s --only evaluate scores it)", store.run_id)
         decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir,
                              str(cfg.runs_dir))
         store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,

@@ -37,14 +37,17 @@ def test_qwen2_05b_sizes_and_flops(bench):
                                       + 12 * 24 * 896 * 512, rel=1e-6)  # norms and biases aside
 
 
+@pytest.mark.slow
 def test_both_trainers_run_the_same_fixed_length_batches_on_a_small_student(bench, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the CPU twin of the benchmark; on a GPU run bench/train_gpu.py itself")
-    student = bench.build_student(tmp_path / "student", vocab_words=500, hidden_size=32, intermediate_size=64,
+    from kalm.training.model import load_tokenizer
+
+    student = bench.build_student(tmp_path / "student", vocab_size=0, hidden_size=32, intermediate_size=64,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    data = bench.make_triplets(8, 12, vocab_words=500)
-    tok = bench.word_tokenizer(500)
-    assert {len(tok(t)["input_ids"]) for triple in data for t in triple} == {12}  # no specials, no padding
+    data = bench.make_triplets(8, 12)
+    tok = load_tokenizer(str(student), "mean")  # what both trainers load (a Qwen2Tokenizer)
+    assert {len(tok(t)["input_ids"]) for triple in data for t in triple} == {12}  # one token per word, no specials
     ours = bench.run_ours(student, data, tmp_path / "ours", steps=2, batch=4, length=12, bf16=True)
     base = bench.run_baseline(student, data, tmp_path / "base", steps=2, batch=4, length=12, bf16=False)
     assert ours["tokens"] == base["tokens"] == 2 * 4 * 3 * 12  # the same tokens per step for both

@@ -50,6 +50,8 @@ def test_case12_rerun_with_a_changed_setting_trains_afresh(shared_data, tmp_path
     assert t2["status"] == "done" and t2["counts"]["steps"] == 6 and t2["counts"]["steps_trained"] == 6
     assert t2["counts"]["tokens"] > 0 and t2["metrics"]["final_loss"] == t2["metrics"]["final_loss"]  # not nan
     assert h2 != h1 and [r["loss"] for r in rows2] != [r["loss"] for r in rows1]
+    # Evaluate was not rerun: the old model's score is not presented (or gated) as the new model's.
+    assert "trained" in m1["scores"] and "trained" not in m2["scores"] and m2["gate"]["promoted"] is False
     assert float(rows2[0]["lr"]) == pytest.approx(1e-4)  # no warmup at 6 steps: step 1 uses the full rate
 
     # The case's own command (with --config, which matches the run apart from keys set with --set): a 4-step model.

@@ -226,10 +226,11 @@ class TrainingData:
         self.meta = json.loads(self.path.with_suffix(".json").read_text())
 
     def instructions(self) -> dict[str, str]:
-        """Task type -> its most common non-empty instruction (the one the exported prompts carry)."""
+        """Task type -> its most common non-empty instruction (ties: the alphabetically first), the one
+        the exported prompts carry."""
         best: dict[str, tuple[int, str]] = {}
         for t, i, n in self.meta["instruction_counts"]:
-            if i and (t not in best or (n, i) > best[t]):
+            if i and (t not in best or (-n, i) < (-best[t][0], best[t][1])):
                 best[t] = (n, i)
         return {t: i for t, (n, i) in best.items()}
 
