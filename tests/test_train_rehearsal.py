@@ -69,13 +69,13 @@ def _changed_share(base: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
 
 
 def _kill_and_resume(cfg, twin: str, data: Path, out: Path) -> tuple[dict, dict, dict]:
-    """SIGKILL the launcher and both ranks once rank 0 logged a step past the checkpoint at 4, rerun.
+    """SIGKILL the launcher and both ranks once rank 0 logged steps 5 and 6 (the checkpoint is at 4), rerun.
     Returns (losses logged before the kill, after the rerun, the rerun's summary)."""
     import json
 
-    assert run_torchrun(cfg, twin, data, out, kill_when=logged_past(out, 4)) == -9
+    assert run_torchrun(cfg, twin, data, out, kill_when=logged_past(out, 5)) == -9
     before = metrics(run_key_dir(out))
-    assert (run_key_dir(out) / "latest").read_text().strip() == "step-0000004" and 4 < max(before) < 8, before
+    assert (run_key_dir(out) / "latest").read_text().strip() == "step-0000004" and 5 < max(before) < 8, before
     assert run_torchrun(cfg, twin, data, out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == 4 and summary["steps_trained"] == 4 and summary["steps"] == 8

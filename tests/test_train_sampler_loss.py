@@ -171,3 +171,32 @@ def test_symmetric_rows_do_not_take_their_own_query_text_as_a_negative():
     assert info_nce(q, d, ib, 0, 0.01) > 0.69
     assert info_nce(q, d, ib, 0, 0.01, q_hash=q_hash, d_hash=d_hash, symmetric=sym) < 1e-6
     assert info_nce(q, d, ib, 0, 0.01, q_hash=q_hash, d_hash=d_hash, symmetric=~sym) > 0.69
+
+
+def _two_rank_loss(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    # Global batch of 4 rows, 2 per rank; rank 0's row 0 and rank 1's row 0 share the positive "pA".
+    positives = [["pA", "pB"], ["pA", "pC"]][rank]
+    queries = [["q0", "q1"], ["q2", "q3"]][rank]
+    negatives = [["n0", "n1"], ["n2", "n3"]][rank]
+    vocab = {t: i for i, t in enumerate(["pA", "pB", "pC", "n0", "n1", "n2", "n3"])}
+    q = torch.stack([torch.eye(8)[vocab[t]] for t in positives])  # perfect: each query embeds as its positive
+    d = torch.stack([torch.eye(8)[vocab[t]] for t in positives + negatives])
+    kw = dict(q_hash=torch.from_numpy(text_hashes(queries)), d_hash=torch.from_numpy(text_hashes(positives + negatives)),
+              symmetric=torch.zeros(2, dtype=torch.bool))
+    ib = torch.ones(2, dtype=torch.bool)
+    losses = [float(info_nce(q, d, ib, 1, 0.01)), float(info_nce(q, d, ib, 1, 0.01, **kw))]
+    torch.save(losses, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_duplicates_are_masked_across_ranks(tmp_path):
+    """The twin positive sits on the other rank: the gathered text hashes still mask it."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_loss, args=(f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        plain, masked = torch.load(tmp_path / f"rank{rank}.pt")
+        assert plain > 0.3 and masked < 1e-6, (rank, plain, masked)  # two of four rows paid log 2
