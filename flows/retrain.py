@@ -15,7 +15,8 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 
 from flows.stage_runner import STAGES, StageFailed, missing_inputs, run_stage, stored_result
-from kalm.config import RunConfig, load_config
+from kalm.config import RunConfig
+from kalm.rerun import run_config
 from kalm.stage import StageResult
 from kalm.store import RunStore, new_run_id
 
@@ -33,9 +34,12 @@ def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None)
 
 
 @flow(name="retrain")
-def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+def retrain(config: Optional[str] = None, run_id: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
             only: Optional[list[str]] = None, start: Optional[str] = None) -> dict[str, Any]:
-    """Run the whole recipe (or the chosen stages of an existing run) and return its summary."""
+    """Run the whole recipe (or the chosen stages of an existing run) and return its summary.
+
+    ``config``: a preset or YAML file; None = the config recorded in ``run_id``'s manifest (an
+    existing run), else the cpu-demo preset. See :func:`kalm.rerun.run_config`."""
     from tasks.evaluate import evaluate_task, gate_task, report_task
     from tasks.filter import filter_task
     from tasks.generate import generate_stage
@@ -43,7 +47,7 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
     from tasks.train import train_task
 
     logger = get_run_logger()
-    cfg: RunConfig = load_config(config, overrides)
+    cfg, config_source, recorded = run_config(config, run_id, overrides)
     partial = bool(only or start)
     if partial and not run_id:
         raise ValueError("--only/--from rerun stages of an existing run: give its --run-id")
@@ -53,7 +57,8 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
     refresh = partial
     from prefect.runtime import flow_run
 
-    store.update_manifest(run_id=store.run_id, config_source=str(config), config=cfg.model_dump(mode="json"),
+    store.update_manifest(run_id=store.run_id, config_source=config_source, config=cfg.model_dump(mode="json"),
+                          **recorded,
                           started_at=time.strftime("%Y-%m-%dT%H:%M:%S"), status="running",
                           flow_run_id=str(flow_run.id) if flow_run.id else None)
     logger.info("run %s in %s (stages: %s)", store.run_id, store.root, ", ".join(s for s in STAGES if s in todo))
@@ -76,6 +81,11 @@ def retrain(config: str = "cpu-demo", run_id: Optional[str] = None, overrides: O
             scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)
         else:
             scores = store.read_manifest().get("stages", {}).get("evaluate", {}).get("scores", {})
+            if todo & set(STAGES[:STAGES.index("evaluate")]):
+                # The stored scores are the previous model's: never judge (or report) the new model by them.
+                scores = {k: v for k, v in scores.items() if k != "trained"}
+                logger.warning("evaluate was not rerun: the newly trained model has no scores yet "
+                               "(kalm run --run-id %s --only evaluate scores it)", store.run_id)
         decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir,
                              str(cfg.runs_dir))
         store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,

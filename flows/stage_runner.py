@@ -92,6 +92,8 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
             # Cached result of a run whose folder was deleted: compute it again.
             result, cached = _refreshed(call, True)(**kwargs), False
         result, source_run = adopt(store, stage, result)
+        # A training whose configuration had already finished trained 0 steps: not a new training.
+        cached = cached or bool(result.info.get("reused_final_checkpoint"))
     except Exception as e:
         store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
                            error=f"{type(e).__name__}: {e}", log_tail=traceback.format_exc()[-3000:])

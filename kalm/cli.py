@@ -44,11 +44,12 @@ def _offline_defaults() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kalm.config import ConfigError, load_config
+    from kalm.config import ConfigError
+    from kalm.rerun import run_config
 
     overrides = _parse_sets(args.set or [])
     try:
-        load_config(args.config, overrides)  # fail on a bad config before Prefect starts
+        run_config(args.config, args.run_id, overrides)  # fail on a bad config before Prefect starts
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -130,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the retrain flow (or chosen stages of an existing run)")
-    r.add_argument("--config", default="cpu-demo", help="preset name (configs/*.yaml) or YAML file")
+    r.add_argument("--config", default=None,
+                   help="preset name (configs/*.yaml) or YAML file (default: the config recorded in --run-id's "
+                        "manifest for an existing run, else cpu-demo); an existing run's config must match it")
     r.add_argument("--run-id", default=None, help="run folder name under runs_dir (default: new)")
     r.add_argument("--only", nargs="+", choices=STAGE_NAMES, help="rerun only these stages of --run-id")
     r.add_argument("--from", dest="start", choices=STAGE_NAMES, help="rerun this stage and all after it")

@@ -171,6 +171,13 @@ def check_config_paths(cfg: RunConfig, source: str = "config") -> None:
     for field, value in (("path", p.path), ("seed_corpus", p.seed_corpus)):
         if cfg.generate.enabled and value is not None and not Path(value).exists():
             problems.append(f"  - generate.personas.{field}: {value} does not exist; fix the path or remove the key")
+    if cfg.train.matryoshka_dims or cfg.evaluate.matryoshka_dim:
+        from kalm.training.config import matryoshka_problems, student_embedding_size
+
+        size = student_embedding_size(cfg.train.student)  # None for a hub student not available here
+        if size is not None:
+            problems += [f"  - {p}" for p in matryoshka_problems(cfg.train.matryoshka_dims,
+                                                                 cfg.evaluate.matryoshka_dim, size, cfg.train.student)]
     if cfg.generate.prompts_dir is not None and not cfg.generate.prompts_dir.is_dir():
         problems.append(f"  - generate.prompts_dir: {cfg.generate.prompts_dir} is not a folder")
     if problems:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kalm.training.data import text_hashes
 from kalm.training.loss import info_nce, matryoshka_info_nce
 from kalm.training.sampler import TaskBatchSampler, rank_slice
 
@@ -118,3 +120,83 @@ def test_label_aware_negatives_mask_only_same_label_positives():
     expected = torch.stack([F.cross_entropy((qn[i] @ dn[cols].T / 0.1)[None], torch.tensor([0]))
                             for i, cols in allowed.items()]).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+
+def _onehots(texts: list[str], dim: int = 16) -> torch.Tensor:
+    """A 'perfect' embedding for these tests: one vector per distinct text, equal texts coincide."""
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    return torch.stack([torch.eye(dim)[vocab[t]] for t in texts])
+
+
+def test_duplicated_positives_in_a_batch_are_not_negatives():
+    """Rows 0 and 2 share a positive, rows 1 and 3 too (STS-B repeats positives, NLI premises
+    repeat 3-4x). A perfect model (each query embeds as its positive) still pays log 2 when the
+    twin counts as a negative; masked, the loss is ~0."""
+    queries, positives, negatives = ["q0", "q1", "q2", "q3"], ["pA", "pB", "pA", "pB"], ["n0", "n1", "n2", "n3"]
+    q, d = _onehots(positives), _onehots(positives + negatives)
+    q_hash, d_hash = torch.from_numpy(text_hashes(queries)), torch.from_numpy(text_hashes(positives + negatives))
+    ib, no = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+    assert info_nce(q, d, ib, num_hard=1, temperature=0.01) > 0.69  # log 2
+    assert info_nce(q, d, ib, 1, 0.01, q_hash=q_hash, d_hash=d_hash, symmetric=no) < 1e-6
+    # Across Matryoshka truncations too.
+    assert matryoshka_info_nce(q, d, ib, 1, 0.01, [16, 8], [], q_hash=q_hash, d_hash=d_hash, symmetric=no) < 1e-6
+    # A hard negative equal to the row's own positive is masked as well.
+    negatives2 = ["pA", "n1", "n2", "n3"]
+    d2 = _onehots(positives + negatives2)
+    assert info_nce(q, d2, ib, 1, 0.01) > 0.69
+    assert info_nce(q, d2, ib, 1, 0.01, q_hash=q_hash, d_hash=torch.from_numpy(text_hashes(positives + negatives2)),
+                    symmetric=no) < 1e-6
+
+
+def test_positives_of_rows_with_the_same_query_are_masked():
+    """Case 07's loss part: four correct answers to one query in one batch. Counted as negatives the
+    loss can never go below log 4 (identical queries); masked, it is 0."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 8).repeat(4, 1)
+    d = torch.randn(4, 8)
+    q_hash = torch.from_numpy(text_hashes(["how do I change my password"] * 4))
+    d_hash = torch.from_numpy(text_hashes(["a1", "a2", "a3", "a4"]))
+    ib = torch.ones(4, dtype=torch.bool)
+    assert info_nce(q, d, ib, 0, 0.05) >= math.log(4) - 1e-5
+    assert info_nce(q, d, ib, 0, 0.05, q_hash=q_hash, d_hash=d_hash) < 1e-6
+
+
+def test_symmetric_rows_do_not_take_their_own_query_text_as_a_negative():
+    """An STS pair in both orders: (s1 -> s2) and (s2 -> s1). A perfect model embeds the paraphrases
+    alike, so row 0's other document, the text s1, is its own query: masked for symmetric tasks only."""
+    q, d = torch.ones(2, 4), torch.ones(2, 4)
+    q_hash, d_hash = torch.from_numpy(text_hashes(["s1", "s2"])), torch.from_numpy(text_hashes(["s2", "s1"]))
+    ib, sym = torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    assert info_nce(q, d, ib, 0, 0.01) > 0.69
+    assert info_nce(q, d, ib, 0, 0.01, q_hash=q_hash, d_hash=d_hash, symmetric=sym) < 1e-6
+    assert info_nce(q, d, ib, 0, 0.01, q_hash=q_hash, d_hash=d_hash, symmetric=~sym) > 0.69
+
+
+def _two_rank_loss(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    # Global batch of 4 rows, 2 per rank; rank 0's row 0 and rank 1's row 0 share the positive "pA".
+    positives = [["pA", "pB"], ["pA", "pC"]][rank]
+    queries = [["q0", "q1"], ["q2", "q3"]][rank]
+    negatives = [["n0", "n1"], ["n2", "n3"]][rank]
+    vocab = {t: i for i, t in enumerate(["pA", "pB", "pC", "n0", "n1", "n2", "n3"])}
+    q = torch.stack([torch.eye(8)[vocab[t]] for t in positives])  # perfect: each query embeds as its positive
+    d = torch.stack([torch.eye(8)[vocab[t]] for t in positives + negatives])
+    kw = dict(q_hash=torch.from_numpy(text_hashes(queries)), d_hash=torch.from_numpy(text_hashes(positives + negatives)),
+              symmetric=torch.zeros(2, dtype=torch.bool))
+    ib = torch.ones(2, dtype=torch.bool)
+    losses = [float(info_nce(q, d, ib, 1, 0.01)), float(info_nce(q, d, ib, 1, 0.01, **kw))]
+    torch.save(losses, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_duplicates_are_masked_across_ranks(tmp_path):
+    """The twin positive sits on the other rank: the gathered text hashes still mask it."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_loss, args=(f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        plain, masked = torch.load(tmp_path / f"rank{rank}.pt")
+        assert plain > 0.3 and masked < 1e-6, (rank, plain, masked)  # two of four rows paid log 2

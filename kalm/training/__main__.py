@@ -1,4 +1,4 @@
-"""torchrun entry point: ``python -m torch.distributed.run ... -m kalm.training --config-json ... INPUTS``."""
+"""torchrun entry point: ``python -m torch.distributed.run ... -m kalm.training --config-json ... --data TOKENS``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ def main() -> None:
     p.add_argument("--config-json", required=True)
     p.add_argument("--model-path", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("--data", required=True, help="token file written by kalm.training.data.prepare_training_data")
     args = p.parse_args()
     cfg = TrainConfig.model_validate(json.loads(args.config_json))
-    summary = run_training(cfg, args.model_path, [Path(x) for x in args.inputs], Path(args.out))
+    summary = run_training(cfg, args.model_path, Path(args.data), Path(args.out))
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:

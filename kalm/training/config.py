@@ -27,7 +27,12 @@ class DistributedOptions(Strict):
     rdzv_endpoint: Optional[str] = Field(None, description="host:port of the rendezvous for multi-node runs")
     rdzv_id: Optional[str] = None
     backend: Literal["auto", "nccl", "gloo"] = "auto"
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: a full replica per rank (DistributedDataParallel); fsdp: parameters, gradients "
+                           "and optimizer state sharded across ranks (FSDP2 fully_shard per decoder layer)")
+    timeout_s: int = Field(
+        3600, ge=60, description="process-group timeout in seconds: how long a rank waits for the others in a "
+                                 "collective (setup and checkpoint writes included) before the run fails")
 
 
 class TrainConfig(Strict):
@@ -62,13 +67,25 @@ class TrainConfig(Strict):
     label_aware_negatives: bool = Field(True, description="classification rows also use other labels' positives "
                                                          "from the batch as negatives (same-label ones masked)")
     seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="compute precision. bfloat16 = mixed precision: parameters, gradients and AdamW "
+                            "state stay float32 (the master weights); the forward and backward run in bf16 "
+                            "(torch.autocast under DDP, FSDP2's MixedPrecisionPolicy(param_dtype=bf16, "
+                            "reduce_dtype=fp32) under fsdp). auto = bfloat16 on a GPU that has it, else "
+                            "float32. float16 is refused (it needs loss scaling; use bfloat16)")
+    param_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="storage precision of the student's weights. bfloat16 only with LoRA (the frozen "
+                               "base in bf16 halves its memory; the adapters stay float32, as peft keeps them); "
+                               "full fine-tuning with bf16 weights is refused: AdamW's small updates round away")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
     disable_dropout: bool = Field(True, description="dropout off, as LLM-embedding recipes do; makes runs "
                                                     "identical whatever the number of processes")
     grad_cache_chunk_size: int = Field(0, ge=0, description="GradCache mini-batch size; 0 = off")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this (KaLM: 1.0); 0 = off")
     checkpoint_every: int = Field(20, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept per training configuration (the newest); "
+                                                       "older ones are deleted once a newer one is complete")
     log_every: int = Field(1, ge=1)
     lora: LoraOptions = LoraOptions()
     distributed: DistributedOptions = DistributedOptions()
@@ -81,10 +98,64 @@ class TrainConfig(Strict):
                                  enabled=self.use_instructions)
 
     @model_validator(mode="after")
+    def _check_precision(self) -> "TrainConfig":
+        if self.dtype == "float16":
+            raise ValueError("dtype float16 needs loss scaling, which this trainer does not do: use dtype: bfloat16 "
+                             "(mixed precision, same memory, no scaling) or float32")
+        if self.param_dtype == "bfloat16" and not self.lora.enabled:
+            raise ValueError(
+                "param_dtype bfloat16 with full fine-tuning: AdamW updates of ~lr (1e-5) are below bf16's resolution "
+                "and round away (measured: 0 of 320 norm weights moved in one step). Use param_dtype: float32 with "
+                "dtype: bfloat16 (mixed precision: fp32 master weights, bf16 compute), or lora.enabled: true "
+                "(bf16 frozen base, fp32 adapters)")
+        return self
+
+    @model_validator(mode="after")
     def _check_matryoshka(self) -> "TrainConfig":
+        if len(set(self.matryoshka_dims)) != len(self.matryoshka_dims) or any(d < 1 for d in self.matryoshka_dims):
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims}: give distinct positive sizes, e.g. [896, 512, 256]")
         if self.matryoshka_weights and len(self.matryoshka_weights) != len(self.matryoshka_dims):
             raise ValueError(
                 f"matryoshka_weights has {len(self.matryoshka_weights)} entries but matryoshka_dims has "
                 f"{len(self.matryoshka_dims)}: give one weight per dimension, or leave weights empty for equal weights"
             )
         return self
+
+
+def matryoshka_problems(dims: list[int], eval_dim: Optional[int], size: int, student: str) -> list[str]:
+    """What is wrong with Matryoshka sizes for a student whose embeddings have ``size`` dimensions.
+
+    A size above the embedding size would silently mean "all dimensions" (counting the full
+    embedding twice in the loss) or fail only at evaluation, after training."""
+    problems = []
+    big = [d for d in dims if d > size]
+    if big:
+        problems.append(f"train.matryoshka_dims {dims}: {big} exceed{'s' if len(big) == 1 else ''} the embedding "
+                        f"size {size} of train.student {student!r}; use sizes <= {size} "
+                        f"(e.g. {[d for d in dims if d <= size] or [size]})")
+    if eval_dim is not None and eval_dim > size:
+        problems.append(f"evaluate.matryoshka_dim {eval_dim} exceeds the embedding size {size} of train.student "
+                        f"{student!r}; choose a value <= {size} or leave it unset")
+    return problems
+
+
+def student_embedding_size(student: str) -> Optional[int]:
+    """The student's hidden size read from its local config (no weights loaded); None when unknown here
+    (a hub model not in the local cache): the train stage checks it after loading the model."""
+    from kalm.models import ModelRefError, resolve_model
+
+    try:
+        m = resolve_model(student)
+    except ModelRefError:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        if m.gguf_file:
+            config = AutoConfig.from_pretrained(m.path, gguf_file=m.gguf_file)
+        else:
+            config = AutoConfig.from_pretrained(m.path)
+    except (OSError, ValueError):
+        return None
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "hidden_size", None)

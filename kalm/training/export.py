@@ -50,8 +50,17 @@ def instruction_prompts(cfg: TrainConfig, rows: Any) -> dict[str, str]:
     return policy.mteb_prompts({t: i for t, (_, i) in best.items()})
 
 
-def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, rows: list[dict[str, Any]], out: Path) -> Path:
-    from sentence_transformers import SentenceTransformer, models
+def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, instructions: dict[str, str], out: Path,
+                                run_key: str = "") -> Path:
+    """Write ``embedder`` (unwrapped, full weights) as a sentence-transformers folder at ``out``, atomically.
+
+    ``instructions``: task type -> the instruction trained with for it (the most common one);
+    the prompts saved with the model come from them through :func:`instruction_prompts`."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+
+    # One representative row per task type: instruction_prompts picks each type's most common instruction.
+    rows = [{"task_type": t, "instruction": i} for t, i in sorted(instructions.items())]
 
     model = embedder.model
     if cfg.lora.enabled:
@@ -74,5 +83,6 @@ def export_sentence_transformer(embedder, tokenizer, cfg: TrainConfig, rows: lis
             "base_model": cfg.student, "pooling": cfg.pooling, "matryoshka_dims": cfg.matryoshka_dims,
             # Evaluation prepends instructions only to models trained with them.
             "query_instruction_format": cfg.query_instruction_format if cfg.use_instructions else None,
-            "use_instructions": cfg.use_instructions, "max_length": cfg.max_length}, indent=2))
+            "use_instructions": cfg.use_instructions, "symmetric_instructions": cfg.symmetric_instructions,
+            "instructions": instructions, "max_length": cfg.max_length, "run_key": run_key}, indent=2))
     return Path(out)

@@ -12,15 +12,16 @@ little more than its own texts; the batches are shuffled afterwards, so long and
 batches still alternate through the epoch.
 
 The sampler is deterministic from (seed, epoch) and the lengths; its state is (epoch,
-position), saved in checkpoints. Every rank builds the same global batches and takes its own slice.
+position), saved in checkpoints. Task ids, lengths and an epoch's batches are numpy arrays
+(4-8 bytes per example), never Python lists of the whole dataset. Every rank builds the same global batches and takes its own slice.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections import defaultdict
 from typing import Any, Optional, Sequence
+
+import numpy as np
 
 
 class TaskBatchSampler:
@@ -43,80 +44,85 @@ class TaskBatchSampler:
         state = sampler.state_dict()        # {"epoch": 0, "position": 1}
     """
 
-    def __init__(self, tasks: Sequence[str], batch_size: int, mode: str = "semi_homogeneous", share: float = 0.8,
-                 seed: int = 0, lengths: Optional[Sequence[int]] = None, length_window: int = 50):
+    def __init__(self, tasks: Sequence[Any] | np.ndarray, batch_size: int, mode: str = "semi_homogeneous",
+                 share: float = 0.8, seed: int = 0, lengths: Optional[Sequence[int] | np.ndarray] = None,
+                 length_window: int = 50):
         if len(tasks) < batch_size:
             raise ValueError(f"{len(tasks)} examples are fewer than one batch of {batch_size}: lower train.batch_size")
         if mode not in ("semi_homogeneous", "homogeneous", "random"):
             raise ValueError(f"sampler mode {mode!r}: use semi_homogeneous, homogeneous or random")
-        self.tasks = list(tasks)
+        # Task ids as one int array (sorted names -> 0..T-1): memory stays 4 bytes per example.
+        self.task_names, self.tasks = np.unique(np.asarray(tasks), return_inverse=True)
+        self.tasks = self.tasks.astype(np.int32).reshape(-1)
         self.batch_size = batch_size
         self.mode = mode
         self.share = 1.0 if mode == "homogeneous" else share
         self.seed = seed
         if lengths is not None and len(lengths) != len(self.tasks):
             raise ValueError(f"{len(lengths)} lengths for {len(self.tasks)} examples: give one length per example")
-        self.lengths = list(lengths) if lengths is not None else None
+        self.lengths = np.asarray(lengths, dtype=np.int64) if lengths is not None else None
         self.length_window = max(1, length_window)
         self.epoch = 0
         self.position = 0
         self._batches = self.epoch_batches(0)
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        rng = random.Random(self.seed + epoch)
-        B = self.batch_size
+    def epoch_batches(self, epoch: int) -> np.ndarray:
+        """The global batches of ``epoch``: int64 [num_batches, batch_size] example indices."""
+        rng = np.random.default_rng([self.seed, epoch])
+        B, n = self.batch_size, len(self.tasks)
         if self.mode == "random":
-            order = list(range(len(self.tasks)))
-            rng.shuffle(order)
+            order = rng.permutation(n)
+            full = n // B * B
             if self.lengths is None:
-                return [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
-            batches = self._length_grouped(order, len(order) // B * B)
+                return order[:full].reshape(-1, B)
+            batches = self._length_grouped(order[:full])
             rng.shuffle(batches)
             return batches
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for i, t in enumerate(self.tasks):
-            by_task[t].append(i)
-        batches, leftovers = [], []
-        for t in sorted(by_task):
-            idx = by_task[t]
-            rng.shuffle(idx)
+        order = rng.permutation(n)
+        by_task = order[np.argsort(self.tasks[order], kind="stable")]  # shuffled within each task
+        bounds = np.searchsorted(self.tasks[by_task], np.arange(len(self.task_names) + 1))
+        parts, leftovers = [], []
+        for t in range(len(self.task_names)):
+            idx = by_task[bounds[t]:bounds[t + 1]]
             full = len(idx) // B * B
-            batches += self._length_grouped(idx, full) if self.lengths is not None else \
-                [idx[i:i + B] for i in range(0, full, B)]
-            leftovers += idx[full:]
+            parts.append(self._length_grouped(idx[:full]) if self.lengths is not None else idx[:full].reshape(-1, B))
+            leftovers.append(idx[full:])
         # Tasks smaller than a batch still train: their examples form mixed batches.
-        rng.shuffle(leftovers)
-        batches += [leftovers[i:i + B] for i in range(0, len(leftovers) - B + 1, B)]
+        left = rng.permutation(np.concatenate(leftovers))
+        parts.append(left[:len(left) // B * B].reshape(-1, B))
+        batches = np.concatenate(parts)
         mixed = math.floor(B * (1 - self.share))
         if mixed > 0 and len(batches) > 1:
-            tail = [i for b in batches for i in b[B - mixed:]]
+            tail = batches[:, B - mixed:].reshape(-1).copy()
             rng.shuffle(tail)
             if self.lengths is not None:
                 # The mixed slots go to batches of like length, or one long text would undo the grouping.
-                by_len = sorted(range(len(batches)), key=lambda k: max(self.lengths[i] for i in batches[k][:B - mixed]))
-                tail.sort(key=lambda i: self.lengths[i])
-                slot = {k: r for r, k in enumerate(by_len)}
+                head_len = self.lengths[batches[:, :B - mixed]].max(axis=1)
+                slot = np.empty(len(batches), dtype=np.int64)
+                slot[np.argsort(head_len, kind="stable")] = np.arange(len(batches))
+                tail = tail[np.argsort(self.lengths[tail], kind="stable")]
             else:
-                slot = {k: k for k in range(len(batches))}
-            batches = [b[:B - mixed] + tail[slot[k] * mixed:(slot[k] + 1) * mixed] for k, b in enumerate(batches)]
+                slot = np.arange(len(batches))
+            batches[:, B - mixed:] = tail.reshape(len(batches), mixed)[slot]
         rng.shuffle(batches)
         return batches
 
-    def _length_grouped(self, order: list[int], n: int) -> list[list[int]]:
-        """The first ``n`` of ``order`` (a multiple of B) cut into batches of like length."""
+    def _length_grouped(self, order: np.ndarray) -> np.ndarray:
+        """``order`` (a multiple of B long) cut into batches of like length, window by window."""
         B, w = self.batch_size, self.batch_size * self.length_window
-        batches = []
-        for s in range(0, n, w):
-            window = sorted(order[s:min(s + w, n)], key=lambda i: -self.lengths[i])  # stable: ties keep shuffled order
-            batches += [window[i:i + B] for i in range(0, len(window), B)]
-        return batches
+        out = []
+        for s in range(0, len(order), w):
+            window = order[s:s + w]
+            window = window[np.argsort(-self.lengths[window], kind="stable")]  # ties keep the shuffled order
+            out.append(window.reshape(-1, B))
+        return np.concatenate(out) if out else np.zeros((0, B), dtype=np.int64)
 
     def next_batch(self) -> list[int]:
         if self.position >= len(self._batches):
             self.epoch += 1
             self.position = 0
             self._batches = self.epoch_batches(self.epoch)
-        batch = self._batches[self.position]
+        batch = self._batches[self.position].tolist()
         self.position += 1
         return batch
 
