@@ -50,7 +50,7 @@ $(VLLM_STAMP): $(STAMP)
 	  py-cpuinfo==9.0.0 pyzmq==27.3.0 partial-json-parser==0.2.1.1.post7 llguidance==1.7.6 lark==1.2.2 \
 	  cbor2==6.3.0 pybase64==1.5.1 ijson==3.6.0 setproctitle==1.3.8 aiohttp==3.14.5 aiohappyeyeballs==2.7.1 \
 	  aiosignal==1.4.0 frozenlist==1.8.0 multidict==7.2.1 propcache==0.5.4 yarl==1.25.1 openai-harmony==0.0.8 \
-	  uvloop==0.23.0 einops==0.8.2 \
+	  uvloop==0.23.0 einops==0.8.2 lm-format-enforcer==0.11.3 interegular==0.3.3 outlines_core==0.2.14 \
 	  && touch $(VLLM_STAMP) || echo "vllm's API did not install: tests/test_synth_vllm_api.py will skip"
 
 test: $(STAMP) $(LLAMA_STAMP) $(VLLM_STAMP) browser

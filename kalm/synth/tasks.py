@@ -42,7 +42,8 @@ MIN_WORDS = 2  # a query or text shorter than this is not an example
 MIN_DOCUMENT_WORDS = 5  # nor a document shorter than this
 JSON_TOKENS_PER_FIELD = 8  # key, quotes, separators
 JSON_TOKENS = 8  # braces, end of sequence
-BRAINSTORM_CHARS = (20, 160)  # a task: one sentence naming what is searched, compared or labelled
+BRAINSTORM_CHARS = (20, 120)  # a task: one sentence naming what is searched, compared or labelled
+MIN_CHARS_PER_TOKEN = 2.5
 
 
 def example_types(cfg: GenerateConfig) -> list[str]:
@@ -95,8 +96,10 @@ def max_new_tokens(cfg: GenerateConfig, task_type: str, num_words: int) -> int:
 
 
 def brainstorm_tokens(cfg: GenerateConfig) -> int:
-    """A brainstorm answer: ``tasks_per_persona`` one-sentence tasks of at most BRAINSTORM_CHARS."""
-    need = math.ceil(cfg.tasks_per_persona * BRAINSTORM_CHARS[1] / 3) + JSON_TOKENS
+    """A brainstorm answer: ``tasks_per_persona`` one-sentence tasks of at most BRAINSTORM_CHARS
+    characters each (at the fewest characters per token small tokenizers write English in)."""
+    per_task = math.ceil(BRAINSTORM_CHARS[1] / MIN_CHARS_PER_TOKEN) + 4  # quotes, comma
+    need = cfg.tasks_per_persona * per_task + 2 * JSON_TOKENS
     return need if cfg.max_new_tokens is None else min(need, cfg.max_new_tokens)
 
 
