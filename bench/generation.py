@@ -1,14 +1,15 @@
 """Our generate stage vs a raw transformers loop: same model, same prompts, same batch size (CPU).
 
-    python bench/generation.py [--personas 8] [--task-types retrieval,sts] [--batch-size 8] [--max-new-tokens 96]
+    python bench/generation.py [--personas 8] [--task-types retrieval,sts] [--batch-size 8] [--num-words 30]
 
 "ours" runs the whole generate subflow (Prefect tasks per shard, two-stage prompting,
 validation, language check, Parquet shards, cross-shard dedup, stats) on fresh cache keys, with
 the model already loaded and Prefect's ephemeral server already up (one-time costs of a
 process, not of the stage). Every backend call it makes is recorded. The baseline replays
-exactly those calls (chats, JSON schema, token limit) through a bare loop: chat template,
-left-padded batch, ``model.generate`` with the same logits processing (xgrammar's mask and
-the n-gram ban), decode; no validation, no I/O, no Prefect. Both decode greedily, so they
+exactly those calls (chats, their JSON schemas and token budgets) through a bare loop: chats
+batched in the same order (by token budget), chat template, left-padded batch, ``model.generate``
+with the same logits processing (xgrammar's mask per row and the n-gram ban), decode; no
+validation, no I/O, no Prefect. Both decode greedily, so they
 write the same tokens (checked: "identical outputs").
 
 Metric: prompts/s (ours = prompts / stage wall time; baseline = prompts / loop wall time);
@@ -60,22 +61,32 @@ def raw_loop(model, tokenizer, compiler, calls, batch_size: int, no_repeat_ngram
     import torch
     from transformers import NoRepeatNGramLogitsProcessor
 
+    from kalm.synth.backends.base import per_chat
     from kalm.synth.backends.hf import _guarded_processor
 
     outputs, n = [], 0
     for chats, schema, max_new_tokens in calls:
-        grammar = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
-        for i in range(0, len(chats), batch_size):
-            prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                       for c in chats[i:i + batch_size]]
+        schemas, budgets = per_chat(chats, schema, max_new_tokens)
+        grammars = {}
+        for sch in schemas:
+            grammars.setdefault(json.dumps(sch), compiler.compile_json_schema(json.dumps(sch), any_whitespace=False))
+        order = sorted(range(len(chats)), key=lambda i: budgets[i])
+        texts = [""] * len(chats)
+        for i in range(0, len(order), batch_size):
+            rows = order[i:i + batch_size]
+            prompts = [tokenizer.apply_chat_template(chats[r], tokenize=False, add_generation_prompt=True) for r in rows]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             bans = [NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)] if no_repeat_ngram_size else []
             with torch.inference_mode():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                     top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                                     logits_processor=[_guarded_processor(grammar, bans)])
-            outputs += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                ids = model.generate(**enc, max_new_tokens=max(budgets[r] for r in rows), do_sample=False,
+                                     temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+                                     logits_processor=[_guarded_processor([grammars[json.dumps(schemas[r])]
+                                                                           for r in rows], bans)])
+            for r, text in zip(rows, tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                                            skip_special_tokens=True)):
+                texts[r] = text
             n += len(prompts)
+        outputs += texts
     return n, outputs
 
 
@@ -84,7 +95,8 @@ def main() -> int:
     ap.add_argument("--personas", type=int, default=8)
     ap.add_argument("--task-types", default="retrieval,sts")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--num-words", type=int, default=30, help="document length knob (the CPU demo's)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="cap per answer (default: sized by lengths)")
     ap.add_argument("--personas-per-shard", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each side; the best time counts")
     args = ap.parse_args()
@@ -102,6 +114,7 @@ def main() -> int:
     seed = random.randrange(1_000_000)  # fresh cache keys: the stage must generate, not reuse
     cfg = GenerateConfig(personas=PersonaSource(num_personas=args.personas, seed=seed),
                          task_types=args.task_types.split(","), batch_size=args.batch_size,
+                         knobs={"num_words": [args.num_words]}, lengths={"query_words": 16, "text_words": 24},
                          max_new_tokens=args.max_new_tokens, personas_per_shard=args.personas_per_shard, seed=seed)
     t = time.perf_counter()
     backend = make_backend(cfg)
@@ -138,7 +151,7 @@ def main() -> int:
 
         t = time.perf_counter()
         n, raws = raw_loop(backend.model, backend.tokenizer, backend.compiler, calls, args.batch_size,
-                           cfg.no_repeat_ngram_size)
+                           cfg.ngram_ban)
         base_s = min(base_s, time.perf_counter() - t)
         print(f"baseline, run {r + 1}: {n} prompts in {time.perf_counter() - t:.1f} s", flush=True)
     print(f"best of {args.repeats}: ours {ours_s:.1f} s ({stats['accepted'] / ours_s:.3f} examples/s), "
@@ -148,7 +161,7 @@ def main() -> int:
     print(f"identical outputs (ours vs baseline): {same}/{n}")
     valid = sum(parse(r, dict_model(schema))[0] is not None
                 for (chats, schema, _), r in zip(_flatten(recorder.calls), raws))
-    example_prompts = sum(len(c[0]) for c in recorder.calls if "query" in c[1]["properties"])
+    example_prompts = sum(1 for _, schema, _ in _flatten(recorder.calls) if "query" in schema["properties"])
     print(f"JSON validity rate (schema-valid answers / prompts): {valid / max(n, 1):.3f} ({valid}/{n})")
     print(f"example acceptance rate (kept examples / example prompts): "
           f"{stats['accepted'] / max(example_prompts, 1):.3f}; dropped: {json.dumps(stats['dropped'])}")
@@ -159,9 +172,11 @@ def main() -> int:
 
 
 def _flatten(calls):
+    from kalm.synth.backends.base import per_chat
+
     for chats, schema, max_new_tokens in calls:
-        for c in chats:
-            yield c, schema, max_new_tokens
+        schemas, budgets = per_chat(chats, schema, max_new_tokens)
+        yield from zip(chats, schemas, budgets)
 
 
 def dict_model(schema):

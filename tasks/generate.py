@@ -4,19 +4,26 @@ Each shard's cache key is its personas, the generation settings, the prompt temp
 kalm code; never the run id. Kill a run at any point and rerun: finished shards come from
 the cache (or from disk), only missing ones are generated. Shards fan out over the task
 runner named in the config (threads/processes here; Dask or Ray clusters elsewhere).
+
+``time_budget_s`` is a safety cap, not a setting of the result: the first run under a cap that
+stops early records how many shards it finished (a *cutoff*, keyed like the shards plus the cap),
+and an unchanged rerun serves exactly those shards from the cache instead of generating more, so
+what a run produces never depends on the machine's speed on a second try. A higher cap or more
+personas is a new key: only the shards missing from it are generated.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from prefect import flow, task
 
 from kalm.stage import StageResult
-from kalm.store import hash_strings, link_tree
+from kalm.store import atomic_write_json, hash_strings, link_tree
 from kalm.synth.config import GenerateConfig
 from tasks.common import ProgressArtifact, artifact_key, code_version, results_dir
 
@@ -27,7 +34,7 @@ def backend_key(cfg: GenerateConfig) -> str:
     """What a loaded backend depends on: the same key reuses the loaded model."""
     return hash_strings([cfg.backend, cfg.model, cfg.openai.model_dump_json(), cfg.vllm.model_dump_json(),
                          str(cfg.batch_size), str(cfg.top_p), str(cfg.repetition_penalty),
-                         str(cfg.no_repeat_ngram_size), str(cfg.seed)])
+                         str(cfg.ngram_ban), str(cfg.seed)])
 
 
 def _backend(cfg: GenerateConfig):
@@ -60,8 +67,21 @@ def _shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
                                              code_version("generate"), str(parameters["shard_index"])])
 
 
-@task(name="generate-shard", retries=2, retry_delay_seconds=10, cache_key_fn=_shard_cache_key,
-      persist_result=True, result_storage=results_dir(), tags=["gpu"])
+def _retry_can_help(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
+    """Retry a shard after transient failures only: never a refused schema, a refused key or bad input."""
+    from kalm.synth.backends.openai_http import RequestsRejected
+
+    try:
+        state.result()
+    except (RequestsRejected, ValueError, KeyError, TypeError):
+        return False
+    except Exception as e:  # noqa: BLE001 - classified below
+        return type(e).__name__ not in ("AuthenticationError", "PermissionDeniedError", "NotFoundError")
+    return True
+
+
+@task(name="generate-shard", retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_can_help,
+      cache_key_fn=_shard_cache_key, persist_result=True, result_storage=results_dir(), tags=["gpu"])
 def generate_shard_task(cfg: GenerateConfig, personas: list[str], shard_index: int, run_dir: str) -> StageResult:
     from kalm.synth.generate import generate_shard
 
@@ -79,6 +99,23 @@ def _runner(cfg: GenerateConfig):
     return task_runner(cfg)
 
 
+def _cutoff_path(cfg: GenerateConfig, personas: list[str]) -> Path:
+    """Where a capped run's cutoff is recorded: keyed by what its shards depend on, plus the cap."""
+    from kalm.synth.generate import shard_key
+    from kalm.synth.prompts import templates_hash
+
+    key = hash_strings([shard_key(cfg, personas), templates_hash(cfg), code_version("generate"),
+                        str(cfg.personas_per_shard), repr(cfg.time_budget_s)])
+    return results_dir() / "generate-cutoffs" / f"{key}.json"
+
+
+def _read_cutoff(path: Path) -> Optional[int]:
+    try:
+        return int(json.loads(path.read_text())["shards_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no record (or a damaged one): this run sets it
+
+
 @flow(name="generate")
 def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     from prefect.artifacts import create_table_artifact
@@ -91,19 +128,22 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     shards_dir.mkdir(parents=True, exist_ok=True)
     personas = load_personas(cfg, backend=_backend(cfg) if cfg.personas.seed_corpus else None)
     plan = plan_shards(cfg, personas)
-    progress = ProgressArtifact("generate-progress", f"Generating {len(plan)} shards")
-    start, results, skipped, cached_shards = time.perf_counter(), [], 0, 0
+    cutoff_file = _cutoff_path(cfg, personas) if cfg.time_budget_s is not None else None
+    cutoff = _read_cutoff(cutoff_file) if cutoff_file else None
+    todo = plan[:cutoff] if cutoff is not None else plan  # an unchanged rerun of a capped run: the same shards
+    progress = ProgressArtifact("generate-progress", f"Generating {len(todo)} shards")
+    start, results, cached_shards = time.perf_counter(), [], 0
     wave = 1 if cfg.task_runner == "sequential" else cfg.max_workers
-    for w in range(0, len(plan), wave):
-        if w and cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
-            skipped = len(plan) - w  # a rerun generates them (resume), finished ones come from the cache
-            break
+    for w in range(0, len(todo), wave):
+        if (cutoff is None and w and cfg.time_budget_s is not None
+                and time.perf_counter() - start > cfg.time_budget_s):
+            break  # the cap: recorded below, so a rerun of this config serves the same shards
         if cfg.task_runner == "sequential":
             # Called, not submitted, a task runs in the flow's own thread: generating from a pool
             # thread was ~10 % slower here (torch on CPU), and one shard at a time needs no pool.
-            states = [generate_shard_task(cfg, plan[w], w, run_dir, return_state=True)]
+            states = [generate_shard_task(cfg, todo[w], w, run_dir, return_state=True)]
         else:
-            futures = [generate_shard_task.submit(cfg, plan[i], i, run_dir) for i in range(w, min(w + wave, len(plan)))]
+            futures = [generate_shard_task.submit(cfg, todo[i], i, run_dir) for i in range(w, min(w + wave, len(todo)))]
             for f in futures:
                 f.wait()
             states = [f.state for f in futures]
@@ -112,23 +152,40 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
             cached_shards += state.name == "Cached"
             if not all(Path(p).exists() for p in r.outputs):  # cached result whose files were deleted
                 i = len(results)
-                r = generate_shard_task.with_options(refresh_cache=True)(cfg, plan[i], i, run_dir)
+                r = generate_shard_task.with_options(refresh_cache=True)(cfg, todo[i], i, run_dir)
             if Path(r.out_dir).resolve() != shards_dir.resolve():
                 for p in r.outputs:
                     link_tree(p, shards_dir / p.name)
                 r = r.relocated(shards_dir)
             results.append(r)
-        progress(len(results) / max(len(plan), 1), f"{len(results)}/{len(plan)} shards")
+        progress(len(results) / max(len(todo), 1), f"{len(results)}/{len(todo)} shards")
     progress.close()
-    merged = merge_shards(cfg, results, out, skipped=skipped)
-    merged.info["all_cached"] = cached_shards == len(results) and not skipped
-    merged.info["skipped_shard_indices"] = list(range(len(results), len(plan)))  # a rerun generates these
+    if cutoff_file is not None and cutoff is None:
+        atomic_write_json(cutoff_file, {"shards_done": len(results), "shards_planned": len(plan),
+                                        "time_budget_s": cfg.time_budget_s,
+                                        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    merged = merge_shards(cfg, results, out, planned=len(plan))
+    merged.info["all_cached"] = cached_shards == len(results)
+    merged.info["cached_shards"] = cached_shards
+    merged.info["skipped_shard_indices"] = list(range(len(results), len(plan)))  # a higher cap generates these
     stats = merged.info["stats"]
     create_table_artifact(key=artifact_key("generate-stats"), description="synthetic data: accepted and dropped",
                           table=[{"what": "accepted", "count": stats["accepted"]},
+                                 {"what": "asked for", "count": stats["asked"]},
+                                 {"what": "shards (planned)", "count": f"{stats['shards']} ({stats['planned_shards']})"},
                                  *[{"what": f"dropped: {k}", "count": v} for k, v in sorted(stats["dropped"].items())],
                                  *[{"what": f"task type: {k}", "count": v} for k, v in stats["by_task_type"].items()],
-                                 *[{"what": f"language: {k}", "count": v} for k, v in stats["by_language"].items()]])
+                                 *[{"what": f"language: {k}", "count": v} for k, v in stats["by_language"].items()],
+                                 *[{"what": "FLAG", "count": f} for f in merged.info["flags"]]])
+    if stats.get("low_yield") and cfg.on_low_yield == "fail":
+        from kalm.synth.generate import LowYieldError
+
+        raise LowYieldError(next(f for f in merged.info["flags"] if f.startswith("generation kept"))
+                            + " (set generate.on_low_yield: flag to go on with what was kept)")
+    for flag in merged.info["flags"]:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(flag)
     return merged
 
 

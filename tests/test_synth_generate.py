@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 
 import pytest
 
@@ -17,32 +18,46 @@ pytestmark = pytest.mark.slow
 
 def _cfg(seed: int, **kw) -> GenerateConfig:
     return GenerateConfig(personas=PersonaSource(num_personas=3, seed=seed), task_types=["sts"], personas_per_shard=1,
-                          batch_size=2, max_new_tokens=64, seed=seed, **kw)
+                          batch_size=2, lengths={"text_words": 12}, seed=seed, **kw)
 
 
-def test_budget_stop_then_resume_generates_only_missing_shards(tmp_path):
+def test_budget_cut_is_recorded_served_from_cache_and_raising_it_generates_only_the_rest(tmp_path):
+    """time_budget_s is a safety cap: a cut run says so (stats, flags), an unchanged rerun serves the
+    same shards from the cache (the same output hashes, so every later stage is cached too), and a
+    higher cap generates only the shards the cut left out."""
+    from flows.stage_runner import run_stage
+    from kalm.evaluation.report import build_report
+    from kalm.store import RunStore
     from tasks.generate import generate_stage
 
     seed = random.randrange(1_000_000)  # fresh cache keys: this test must generate for real
-    first = generate_stage(_cfg(seed, time_budget_s=1.0), str(tmp_path / "run1"))
+    capped = _cfg(seed, time_budget_s=0.001)  # "a tiny budget": only the first wave starts
+    store = RunStore(tmp_path / "runs", "first")
+    first = run_stage(store, "generate", generate_stage, cfg=capped, run_dir=str(store.root))
     assert first.counts["shards"] == 1 and first.counts["skipped_shards"] == 2
-    shard0 = tmp_path / "run1" / "generate" / "shards" / "shard-00000.parquet"
+    assert first.info["truncated"] == {"shards_done": 1, "shards_planned": 3, "time_budget_s": 0.001}
+    manifest = store.read_manifest()
+    assert manifest["stages"]["generate"]["result"]["info"]["flags"][0].startswith("truncated by generate.time_budget_s")
+    report = build_report(manifest, {}, store.root).read_text()
+    assert "## Warnings" in report and "1 of 3 shards" in report
+    shard0 = store.root / "generate" / "shards" / "shard-00000.parquet"
     before = hash_file(shard0)
 
-    second = generate_stage(_cfg(seed), str(tmp_path / "run1"))  # the same run, resumed without a budget
-    assert second.counts["shards"] == 3 and second.counts["skipped_shards"] == 0
+    time.sleep(0.01)
+    store2 = RunStore(tmp_path / "runs", "second")  # the same config again: served from the cache, same cut
+    again = run_stage(store2, "generate", generate_stage, cfg=capped, run_dir=str(store2.root))
+    assert store2.read_manifest()["stages"]["generate"]["status"] == "cached"
+    assert again.hashes == first.hashes and again.counts["shards"] == 1 and again.info["cached_shards"] == 1
+
+    raised = generate_stage(_cfg(seed, time_budget_s=3600), str(store.root))  # a higher cap, same run folder
+    assert raised.counts["shards"] == 3 and raised.counts["skipped_shards"] == 0 and not raised.info["flags"]
+    assert raised.info["cached_shards"] == 1  # only the two missing shards were generated
     assert hash_file(shard0) == before  # finished shard not regenerated
-    rows = read_examples(second.parquet_files()).to_pylist()
+    rows = read_examples(raised.parquet_files()).to_pylist()
     assert len({r["id"] for r in rows}) == len(rows)  # nothing duplicated
-    stats = second.info["stats"]
+    stats = raised.info["stats"]
     assert stats["generated"] == stats["accepted"] + stats["dropped"].get("exact_duplicate", 0) \
         + stats["dropped"].get("near_duplicate", 0)
-    assert second.counts["generated"] + sum(v for k, v in second.counts.items()
-                                            if k.startswith("dropped_") and "duplicate" not in k) > 0
-
-    # A new run of the same config takes every shard from the cache.
-    third = generate_stage(_cfg(seed), str(tmp_path / "run2"))
-    assert third.info["all_cached"] and third.hashes == second.hashes
 
 
 def test_greedy_shards_are_reproducible(tmp_path):
@@ -56,7 +71,7 @@ def test_greedy_shards_are_reproducible(tmp_path):
     a = generate_shard(cfg, personas, 0, tmp_path / "a", backend)
     b = generate_shard(cfg, personas, 0, tmp_path / "b", backend)
     assert a.hashes == b.hashes
-    assert a.counts["prompts"] == 2
+    assert a.counts["prompts"] == 1  # STS is single-stage: no brainstorm
 
 
 CORPUS = ["The new bridge will open to traffic next spring after two years of work.",
@@ -87,7 +102,7 @@ def test_text_to_persona_fills_num_personas_in_corpus_order(tmp_path, caplog):
     # The first text six times: the first round (2 x num_personas texts) finds one persona there,
     # so later rounds must read on.
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [CORPUS[0]] * 6 + CORPUS[1:]))
-    cfg = GenerateConfig(personas=PersonaSource(seed_corpus=corpus, num_personas=2), max_new_tokens=64)
+    cfg = GenerateConfig(personas=PersonaSource(seed_corpus=corpus, num_personas=2))
     backend = make_backend(cfg)
     with caplog.at_level(logging.INFO, logger="kalm.synth.personas"):
         two = load_personas(cfg, backend)

@@ -66,7 +66,7 @@ def _cfg(base_url: str, **kw) -> GenerateConfig:
     opts = {"base_url": base_url, "model_name": "smollm2", "api_key_env": "KALM_TEST_LLM_KEY",
             "response_format": "json_object", "max_in_flight": 2, "timeout_s": 120, "max_retries": 2, **kw}
     return GenerateConfig(backend="openai", openai=OpenAIOptions(**opts), personas=PersonaSource(num_personas=2),
-                          task_types=["sts"], max_new_tokens=96)
+                          task_types=["sts"], lengths={"text_words": 12}, max_new_tokens=96)
 
 
 def test_schema_constrained_answers_from_real_server(server, monkeypatch):
@@ -100,6 +100,42 @@ def test_shard_through_http_backend(server, monkeypatch, tmp_path):
     stats = result.info["stats"]
     assert stats["prompts"] >= 2 and stats["accepted"] + sum(stats["dropped"].values()) >= 1
     assert read_examples(result.parquet_files()).num_rows == stats["accepted"]
+
+
+def test_systematic_400s_fail_loudly_with_the_servers_message(server, monkeypatch):
+    """The real server refuses every request with 400 (here: prompts beyond its 2048-token context):
+    the call fails with the server's own message after generate.openai.max_rejected refusals,
+    instead of a "successful" shard of empty answers; one refusal among answers is only counted."""
+    from kalm.synth.backends import make_backend
+    from kalm.synth.backends.openai_http import RequestsRejected
+    from kalm.synth.validate import RejectedAnswer
+
+    monkeypatch.setenv("KALM_TEST_LLM_KEY", API_KEY)
+    backend = make_backend(_cfg(server, max_in_flight=1, max_rejected=2))
+    too_long = [{"role": "user", "content": "bread " * 2500}]
+    with pytest.raises(RequestsRejected, match=r"refused 3 of 3 requests with HTTP 400: .*maximum context "
+                                               r"length is 2048 tokens.*response_format"):
+        backend.generate([too_long] * 8, json_schema(ExampleAnswer), 16, 0.0, 0)
+    short = [{"role": "user", "content": "Write a short search query about bread in JSON."}]
+    raws = backend.generate([short, too_long, short], json_schema(ExampleAnswer), 48, 0.0, 0)
+    assert isinstance(raws[1], RejectedAnswer) and "context length" in raws[1]
+    assert parse(raws[1], ExampleAnswer) == (None, "request_rejected") and not isinstance(raws[0], RejectedAnswer)
+
+
+def test_schema_the_server_does_not_take_fails_loudly(server, monkeypatch):
+    """llama-cpp-python's server takes a schema only as response_format 'json_object' + 'schema';
+    sent OpenAI's 'json_schema' form it refuses the request: the shard fails with its message."""
+    import openai
+
+    from kalm.synth.backends import make_backend
+    from kalm.synth.backends.openai_http import RequestsRejected
+
+    monkeypatch.setenv("KALM_TEST_LLM_KEY", API_KEY)
+    backend = make_backend(_cfg(server, response_format="json_schema", max_retries=1, max_in_flight=1))
+    chat = [{"role": "user", "content": "Write a search query about bread in JSON."}]
+    with pytest.raises((RequestsRejected, openai.APIStatusError)) as err:
+        backend.generate([chat] * 6, json_schema(ExampleAnswer), 16, 0.0, 0)
+    assert "response_format" in str(err.value) or "json_schema" in str(err.value), str(err.value)
 
 
 def test_wrong_key_fails_without_leaking_it(server, monkeypatch):

@@ -25,7 +25,7 @@ from kalm.synth.config import GenerateConfig, PersonaSource
 from tasks.generate import generate_stage
 seed = int(sys.argv[1])
 cfg = GenerateConfig(personas=PersonaSource(num_personas=4, seed=seed), task_types=["sts"], personas_per_shard=1,
-                     batch_size=2, max_new_tokens=64, seed=seed)
+                     batch_size=2, lengths={"text_words": 12}, seed=seed)
 generate_stage(cfg, sys.argv[2])
 """
 
@@ -53,7 +53,7 @@ def test_kill_and_rerun_generates_only_missing_shards(tmp_path):
     assert 1 <= len(done_before) < 4, f"the kill should land mid-run, found {sorted(done_before)}"
 
     cfg = GenerateConfig(personas=PersonaSource(num_personas=4, seed=seed), task_types=["sts"], personas_per_shard=1,
-                         batch_size=2, max_new_tokens=64, seed=seed)
+                         batch_size=2, lengths={"text_words": 12}, seed=seed)
     result = generate_stage(cfg, str(run_dir))
     assert result.counts["shards"] == 4 and result.counts["skipped_shards"] == 0
     for name, digest in done_before.items():

@@ -1,5 +1,6 @@
-"""Fast checks of the generate stage's parts: personas, sharding, GPU claims for vLLM data
-parallelism, the task runner choice, the disabled stage, and the vLLM backend where installed."""
+"""Fast checks of the generate stage's parts: personas, sharding, GPU groups for vLLM data
+parallelism, the config's consistency checks, lengths and schemas per task type, prompts, the task
+runner choice, the disabled stage, and the vLLM backend where installed."""
 
 from __future__ import annotations
 
@@ -65,29 +66,32 @@ def test_shard_key_ignores_orchestration_settings():
     same = GenerateConfig(task_runner="threads", max_workers=4, time_budget_s=5)
     assert shard_key(base, ["a"]) == shard_key(same, ["a"])
     assert shard_key(base, ["a"]) != shard_key(base, ["b"])
-    assert shard_key(base, ["a"]) != shard_key(GenerateConfig(max_new_tokens=97), ["a"])
+    assert shard_key(base, ["a"]) != shard_key(GenerateConfig(max_new_tokens=4000), ["a"])
+    assert shard_key(base, ["a"]) != shard_key(GenerateConfig(knobs={"num_words": [60]}), ["a"])
 
 
 _CLAIM_SCRIPT = """
 import json, os, sys
-from kalm.synth.backends.vllm import claim_gpus
-print(json.dumps([claim_gpus(2, 2, sys.argv[1]), os.environ.get("CUDA_VISIBLE_DEVICES")]), flush=True)
+from kalm.synth.backends.vllm import visible_gpus
+from kalm.synth.config import GenerateConfig
+cfg = GenerateConfig(backend="vllm", task_runner="processes", max_workers=2,
+                     vllm={"data_parallel_size": 2, "tensor_parallel_size": 2})
+print(json.dumps(visible_gpus(cfg, sys.argv[1])), flush=True)
 sys.stdin.read()  # hold the claim until the parent closes our stdin
 """
 
 
-def test_each_worker_process_claims_its_own_gpu_group(tmp_path, monkeypatch):
+def test_each_worker_process_on_one_node_claims_its_own_gpu_group(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    monkeypatch.delenv("KALM_KEEP_CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     # Separate interpreters, as the processes task runner's workers are; each reports on its own pipe.
     procs = [subprocess.Popen([sys.executable, "-c", _CLAIM_SCRIPT, str(tmp_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     try:
-        got = sorted(tuple(json.loads(p.stdout.readline())) for p in procs)
-        assert got == [(0, "0,1"), (1, "2,3")]
+        got = sorted(json.loads(p.stdout.readline()) for p in procs)
+        assert got == ["0,1", "2,3"]
         from kalm.synth.backends.vllm import claim_gpus
 
         with pytest.raises(RuntimeError, match="data_parallel_size"):
@@ -100,6 +104,128 @@ def test_each_worker_process_claims_its_own_gpu_group(tmp_path, monkeypatch):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_scheduler_cuda_visible_devices_is_respected(tmp_path, monkeypatch):
+    from kalm.synth.backends.vllm import visible_gpus
+
+    ray = GenerateConfig(backend="vllm", task_runner="ray", max_workers=2,
+                         vllm={"data_parallel_size": 2, "tensor_parallel_size": 2})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # what Ray sets for a task given num_gpus=2
+    assert visible_gpus(ray, tmp_path) == "5,7" and list(tmp_path.iterdir()) == []  # kept, nothing claimed
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(RuntimeError, match="gives this worker 1 GPU.*tensor_parallel_size is 2.*num_gpus"):
+        visible_gpus(ray, tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(RuntimeError, match="no GPUs.*request 2 GPU"):
+        visible_gpus(ray, tmp_path)  # a Ray task that asked for none: never guess from a node-local lock
+    assert visible_gpus(GenerateConfig(backend="vllm"), tmp_path) is None  # one group: every GPU of the node
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({}, "generate.max_workers 8 > generate.vllm.data_parallel_size 2.*set max_workers to 2"),
+    ({"generate.max_workers": 2, "generate.no_repeat_ngram_size": 4},
+     "generate.no_repeat_ngram_size 4: the vllm backend has no n-gram ban"),
+    ({"generate.max_workers": 2, "generate.task_runner": "threads"},
+     "data_parallel_size 2 runs one vLLM engine per GPU group.*not 'threads'"),
+    ({"generate.max_workers": 2, "generate.max_new_tokens": 1024},
+     "generate.max_new_tokens 1024 cannot fit the longest retrieval answer.*knobs.num_words 400.*1592 tokens"),
+    ({"generate.max_workers": 2, "generate.vllm.data_parallel_size": 1},
+     "generate.max_workers 2 with generate.vllm.data_parallel_size 1"),
+])
+def test_check_config_rejects_kalm_mini_contradictions(overrides, message):
+    """The combinations issue 21 found in kalm-mini (max_workers 8 with data_parallel_size 2, an
+    n-gram ban vLLM lacks, ...) fail `kalm check-config`, naming the fields; the preset itself passes."""
+    from kalm.cli import main
+    from kalm.config import ConfigError, load_config
+
+    assert load_config("kalm-mini", check_paths=False).generate.max_workers == 2
+    bad = {"generate.max_workers": 8, **overrides}
+    with pytest.raises(ConfigError, match=message):
+        load_config("kalm-mini", bad, check_paths=False)
+    args = [x for k, v in bad.items() for x in ("--set", f"{k}={v}")]
+    assert main(["check-config", "kalm-mini", *args]) == 2
+
+
+def test_lengths_follow_task_type_and_knobs():
+    from kalm.synth.tasks import KINDS, answer_tokens, field_bounds, longest_answer, max_new_tokens
+
+    cfg = GenerateConfig()
+    q, pos, neg = field_bounds(cfg, "retrieval", 200, ("en",) * 3)
+    assert q[1] < pos[1] and pos == neg and pos[1] >= 200 * 1.25 * 8 > 120  # documents, not 120-char sentences
+    zh = field_bounds(cfg, "retrieval", 200, ("zh",) * 3)[1]
+    assert zh[1] < pos[1]  # a Chinese "word" is 1-3 characters
+    assert set(KINDS) >= {"retrieval", "sts", "classification", "clustering", "pair_classification", "reranking",
+                          "bitext"}
+    assert answer_tokens(cfg, "retrieval", 400) > answer_tokens(cfg, "retrieval", 50) > answer_tokens(cfg, "sts", 50) / 2
+    assert max_new_tokens(cfg.model_copy(update={"max_new_tokens": 300}), "retrieval", 400) == 300
+    assert longest_answer(cfg)[0] == "retrieval"
+    from kalm.synth.tasks import brainstorm_tokens
+
+    assert 16 < brainstorm_tokens(cfg) < 200
+
+
+def _jobs(cfg):
+    from kalm.synth.generate import example_job
+    from kalm.synth.prompts import task_specs
+    from kalm.synth.tasks import SINGLE_STAGE, example_types
+
+    specs = task_specs(cfg)
+    return {t: example_job(cfg, specs, "a beekeeper in the Alps", t,
+                           specs[t].get("instruction") if t in SINGLE_STAGE else "Find guides for hive care.", 0)
+            for t in example_types(cfg)}
+
+
+def test_every_task_type_has_a_template_and_a_schema_of_its_lengths():
+    from kalm.synth.tasks import SINGLE_STAGE
+
+    cfg = GenerateConfig(task_types=["retrieval", "sts", "classification", "clustering", "pair_classification",
+                                     "reranking"], languages=["en", "fr"], seed=3)
+    jobs = _jobs(cfg)
+    assert set(jobs) == {*cfg.task_types, "bitext"}  # bitext: several languages
+    assert "bitext" not in _jobs(cfg.model_copy(update={"languages": ["en"]}))
+    for t, job in jobs.items():
+        prompt = job["chat"][0]["content"]
+        assert "{" not in prompt.replace("{}", "") or '"' in prompt, t  # every placeholder filled
+        props = job["schema"]["properties"]
+        assert list(props) == ["query", "positive", "hard_negative"] and job["schema"]["additionalProperties"] is False
+        assert [(p["minLength"], p["maxLength"]) for p in props.values()] == job["bounds"]
+        # The persona conditions the brainstorm only; single-stage types have no other place for it.
+        assert ("beekeeper" in prompt) == (t in SINGLE_STAGE), t
+    assert jobs["retrieval"]["knobs"].keys() == {"query_type", "query_length", "clarity", "difficulty", "num_words"}
+    assert f"about {jobs['retrieval']['knobs']['num_words']} words" in jobs["retrieval"]["chat"][0]["content"]
+    src, tgt, _ = jobs["bitext"]["languages"]
+    assert src != tgt and jobs["bitext"]["language"] == f"{src}-{tgt}"
+    both = _jobs(cfg.model_copy(update={"persona_in": "both"}))
+    assert both["retrieval"]["chat"][0]["content"].startswith("You are a beekeeper")  # the ablation's old behaviour
+
+
+def test_knobs_are_drawn_per_example_from_config_and_seed():
+    cfg = GenerateConfig(knobs={"num_words": [50, 100, 200, 300, 400]})
+    from kalm.synth.generate import example_job
+    from kalm.synth.prompts import task_specs
+
+    specs = task_specs(cfg)
+    draws = [example_job(cfg, specs, f"a person number {i}", "retrieval", "Find guides.", 0)["knobs"]
+             for i in range(40)]
+    assert draws == [example_job(cfg, specs, f"a person number {i}", "retrieval", "Find guides.", 0)["knobs"]
+                     for i in range(40)]  # reproducible
+    for name, options in (("query_type", cfg.knobs.query_type), ("num_words", cfg.knobs.num_words)):
+        assert {d[name] for d in draws} == set(options), name  # every value drawn over 40 examples
+    other = [example_job(cfg.model_copy(update={"seed": 1}), specs, f"a person number {i}", "retrieval",
+                         "Find guides.", 0)["knobs"] for i in range(40)]
+    assert other != draws
+
+
+def test_fenced_and_rejected_answers():
+    from kalm.synth.validate import RejectedAnswer, parse_example, strip_fence
+
+    plain = '{"query": "a b c", "positive": "d e f", "hard_negative": "g h i"}'
+    for fenced in (f"```json\n{plain}\n```", f"```\n{plain}\n```", f"  ```JSON\n{plain}```  "):
+        assert strip_fence(fenced) == plain
+        assert parse_example(fenced, ["query", "positive", "hard_negative"])[0] is not None
+    assert parse_example("```json\n{\"query\": \"a b", ["query"])[1] == "truncated_json"  # cut inside the fence
+    assert parse_example(RejectedAnswer("response_format: unsupported"), ["query"]) == (None, "request_rejected")
 
 
 def test_cluster_runner_missing_package_says_what_to_install():
@@ -131,7 +257,7 @@ def test_config_errors_name_the_field():
         GenerateConfig(vllm=VLLMOptions(tensor_parallel_size=1), bogus=1)
 
 
-def test_vllm_backend_generates_schema_valid_json():
+def test_vllm_backend_generates_schema_valid_json():  # on a GPU machine with vllm
     pytest.importorskip("vllm", reason="vllm not installed")
     import torch
 

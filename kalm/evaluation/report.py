@@ -206,6 +206,16 @@ def ingest_table(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def flag_lines(stages: dict[str, Any]) -> list[str]:
+    """A "Warnings" section for every flag a stage raised in its result (``info["flags"]``, e.g. the
+    generate stage's time-budget truncation or low yield), so no such run reads as a plain success."""
+    flags = [(name, f) for name, s in stages.items() if isinstance(s, dict)
+             for f in ((s.get("result") or {}).get("info") or {}).get("flags") or []]
+    if not flags:
+        return []
+    return ["## Warnings", "", *[f"- **{name}**: {f}" for name, f in flags], ""]
+
+
 def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], out_dir: Path,
                  in_domain_tasks: set[str] = frozenset(), failures: Optional[dict[str, str]] = None,
                  gate: Optional[dict[str, Any]] = None) -> Path:
@@ -224,6 +234,7 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
              + (f" · started {manifest['started_at']}" if manifest.get("started_at") else "")
              + (f" · finished {manifest['finished_at']}" if manifest.get("finished_at") else ""), ""]
 
+    lines += flag_lines(stages)
     lines += ["## Scores (mteb main score, 0-1)", ""]
     rows = score_rows(scores, in_domain_tasks)
     lines += markdown_table(rows) if scores else ["(no model was evaluated)"]

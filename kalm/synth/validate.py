@@ -8,10 +8,16 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-MAX_CHARS = 120
+MAX_CHARS = 120  # personas and other one-line answers; examples are bounded per field (kalm/synth/tasks.py)
 
-REASONS = ("empty_output", "truncated_json", "malformed_json", "missing_field", "empty_field", "copied_prompt",
-           "query_equals_positive", "positive_equals_negative", "wrong_language")
+REASONS = ("empty_output", "request_rejected", "truncated_json", "malformed_json", "missing_field", "empty_field",
+           "field_too_short", "field_too_long", "copied_prompt", "query_equals_positive", "positive_equals_negative",
+           "wrong_language")
+
+
+class RejectedAnswer(str):
+    """No answer: the server refused this request (its message is the string). Counted as
+    ``request_rejected``; the HTTP backend fails the shard when refusals are systematic."""
 
 
 class Brainstorm(BaseModel):
@@ -36,8 +42,14 @@ PERSONA_PATTERN = r"(a|an) [a-z][a-z ,'-]*"
 
 
 def persona_schema() -> dict[str, Any]:
+    """The persona answer's schema. Its length bound lives inside the pattern (a bounded repetition),
+    not in minLength/maxLength beside it: xgrammar cannot compile a pattern with length keywords
+    (vLLM 0.33.0 refuses such a schema under its xgrammar backend), and every engine takes this."""
     schema = json_schema(PersonaAnswer)
-    schema["properties"]["persona"]["pattern"] = f"^{PERSONA_PATTERN}$"
+    prop = schema["properties"]["persona"]
+    low, high = prop.pop("minLength"), prop.pop("maxLength")
+    # "(a|an) " is 2-3 characters, then one letter: the rest keeps the whole within [low, high].
+    prop["pattern"] = f"^(a|an) [a-z][a-z ,'-]{{{max(0, low - 4)},{high - 5}}}$"
     return schema
 
 
@@ -65,12 +77,28 @@ def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict
 
 
 T = TypeVar("T", bound=BaseModel)
+_FENCE_OPEN = re.compile(r"^```[\w+-]*[ \t]*\n?")
 
 
-def parse(raw: str, model: type[T]) -> tuple[Optional[T], Optional[str]]:
-    """(answer, None) or (None, reason)."""
-    text = raw.strip()
-    if not text:  # the backend gave nothing (e.g. the server refused the request)
+def strip_fence(text: str) -> str:
+    """The text inside one enclosing Markdown code fence (```json ... ```), as many servers and
+    models wrap JSON when they ignore ``response_format``; other text unchanged. An opening fence
+    without its closing one (the answer was cut) is removed too, so the cut reads as truncated."""
+    text = text.strip()
+    if not text.startswith("```"):
+        return text
+    inner = _FENCE_OPEN.sub("", text, count=1)
+    if inner.rstrip().endswith("```"):
+        inner = inner.rstrip()[:-3]
+    return inner.strip()
+
+
+def parse_json(raw: str) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """(object, None) or (None, reason): the JSON object of an answer, fence removed."""
+    if isinstance(raw, RejectedAnswer):
+        return None, "request_rejected"
+    text = strip_fence(raw)
+    if not text:  # the backend gave nothing
         return None, "empty_output"
     try:
         data = json.loads(text)
@@ -80,6 +108,14 @@ def parse(raw: str, model: type[T]) -> tuple[Optional[T], Optional[str]]:
         return None, "truncated_json" if text.startswith(("{", "[")) and opens > closes else "malformed_json"
     if not isinstance(data, dict):
         return None, "malformed_json"
+    return data, None
+
+
+def parse(raw: str, model: type[T]) -> tuple[Optional[T], Optional[str]]:
+    """(answer, None) or (None, reason)."""
+    data, reason = parse_json(raw)
+    if data is None:
+        return None, reason
     try:
         answer = model.model_validate(data)
     except ValidationError:
@@ -95,16 +131,48 @@ def _norm(s: str) -> str:
     return " ".join(s.lower().split())
 
 
-def check_example(answer: ExampleAnswer, language: str, detect=None, prompt: str = "") -> Optional[str]:
-    """The first content rule the example breaks, or None."""
+def parse_example(raw: str, keys: list[str]) -> tuple[Optional[ExampleAnswer], Optional[str]]:
+    """An answer to a task template whose JSON ``keys`` hold query, positive and hard negative, in
+    that order (e.g. ``user_query``, ``positive_document``, ``hard_negative_document``)."""
+    data, reason = parse_json(raw)
+    if data is None:
+        return None, reason
+    if any(k not in data for k in keys):
+        return None, "missing_field"
+    values = [data[k] for k in keys]
+    if any(not isinstance(v, str) for v in values):
+        return None, "missing_field"
+    if any(not v.strip() for v in values):
+        return None, "empty_field"
+    return ExampleAnswer(**dict(zip(("query", "positive", "hard_negative"), values))), None
+
+
+def check_example(answer: ExampleAnswer, language: str | tuple[str, str], detect=None, prompt: str = "",
+                  bounds: Optional[list[tuple[int, int]]] = None) -> Optional[str]:
+    """The first content rule the example breaks, or None.
+
+    ``language``: the language of query and positive, or (query's, positive's) for bitext.
+    ``bounds``: (min, max) characters of query, positive and hard negative: the JSON schema's
+    bounds, checked again for backends that do not enforce the schema.
+    """
+    texts = (answer.query, answer.positive, answer.hard_negative)
+    for text, (lo, hi) in zip(texts, bounds or []):
+        if len(text.strip()) < lo:
+            return "field_too_short"
+        if len(text.strip()) > hi:
+            return "field_too_long"
     if prompt and any(_norm(v) in _norm(prompt) for v in (answer.query, answer.positive)):
         return "copied_prompt"  # small models echo the instructions instead of writing an example
     if _norm(answer.query) == _norm(answer.positive):
         return "query_equals_positive"
     if _norm(answer.positive) == _norm(answer.hard_negative):
         return "positive_equals_negative"
-    if detect is not None and detect(f"{answer.query} {answer.positive}") != language:
-        return "wrong_language"
+    if detect is not None:
+        if isinstance(language, str):
+            if detect(f"{answer.query} {answer.positive}") != language:
+                return "wrong_language"
+        elif detect(answer.query) != language[0] or detect(answer.positive) != language[1]:
+            return "wrong_language"
     return None
 
 

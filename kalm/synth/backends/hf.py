@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kalm.synth.backends.base import Chat
+from kalm.synth.backends.base import Budgets, Chat, Schemas, per_chat
 from kalm.synth.config import GenerateConfig
 
 
-def _guarded_processor(grammar, bans: list):
+def _guarded_processor(grammar, bans: list):  # grammar: one compiled grammar, or one per batch row
     """xgrammar's mask first, then the repetition bans; a row the bans would leave without any
     legal token keeps the grammar-only scores. (Otherwise argmax over all ``-inf`` picks an
     illegal token and xgrammar's matcher asserts: one bad row would crash the whole shard.)"""
@@ -65,11 +65,11 @@ class TransformersBackend:
         self.batch_size = cfg.batch_size
         self.top_p = cfg.top_p
         self.repetition_penalty = cfg.repetition_penalty
-        self.no_repeat_ngram_size = cfg.no_repeat_ngram_size
+        self.no_repeat_ngram_size = cfg.ngram_ban
 
     def _grammar(self, schema: dict[str, Any]):
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:  # properties keep their order: the model writes the query first
+        key = json.dumps(schema)  # not sorted: properties keep their order, the model writes the query first
+        if key not in self._grammars:
             self._grammars[key] = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
         return self._grammars[key]
 
@@ -83,23 +83,30 @@ class TransformersBackend:
             bans.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
         return bans
 
-    def generate(self, chats: list[Chat], schema: dict[str, Any], max_new_tokens: int, temperature: float,
+    def generate(self, chats: list[Chat], schema: Schemas, max_new_tokens: Budgets, temperature: float,
                  seed: int) -> list[str]:
+        """One answer per chat. ``schema`` and ``max_new_tokens`` are one for all chats or one per chat;
+        chats are batched in order of their token budget (a batch runs to its largest budget), and the
+        answers come back in the chats' order."""
         import torch
 
-        out: list[str] = []
-        grammar = self._grammar(schema)
-        for i in range(0, len(chats), self.batch_size):
-            batch = chats[i:i + self.batch_size]
-            prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        schemas, budgets = per_chat(chats, schema, max_new_tokens)
+        order = sorted(range(len(chats)), key=lambda i: budgets[i])
+        out: list[str] = [""] * len(chats)
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i:i + self.batch_size]
+            prompts = [self.tokenizer.apply_chat_template(chats[r], tokenize=False, add_generation_prompt=True)
+                       for r in rows]
             enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(seed + i)
             sampling = ({"do_sample": True, "temperature": temperature, "top_p": self.top_p} if temperature > 0
                         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+            grammars = [self._grammar(schemas[r]) for r in rows]
             with torch.inference_mode():
                 ids = self.model.generate(
-                    **enc, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                    logits_processor=[_guarded_processor(grammar, self._bans())], **sampling)
+                    **enc, max_new_tokens=max(budgets[r] for r in rows), pad_token_id=self.tokenizer.pad_token_id,
+                    logits_processor=[_guarded_processor(grammars, self._bans())], **sampling)
             new = ids[:, enc["input_ids"].shape[1]:]
-            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for r, text in zip(rows, self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[r] = text
         return out
