@@ -82,7 +82,7 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
         "better", "worse", "no effect measured")
     runs = home / "runs"
     result = json.loads((runs / "ab" / "ablation.json").read_text())
-    assert result["scores"]["full"]["0"] == manifest["scores"]["trained"]
+    assert result["scores"]["full"]["0"]["tasks"] == manifest["scores"]["trained"]["tasks"]
     full = json.loads((runs / "ab-full-s0" / "manifest.json").read_text())
     assert {s["status"] for s in full["stages"].values()} <= {"cached", "skipped"}, full["stages"]
     no_hn = json.loads((runs / "ab-no-hard-negatives-s0" / "manifest.json").read_text())["stages"]

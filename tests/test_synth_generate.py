@@ -40,6 +40,11 @@ def test_budget_cut_is_recorded_served_from_cache_and_raising_it_generates_only_
     assert manifest["stages"]["generate"]["result"]["info"]["flags"][0].startswith("truncated by generate.time_budget_s")
     report = build_report(manifest, {}, store.root).read_text()
     assert "## Warnings" in report and "1 of 3 shards" in report
+    from kalm.evaluation.gate import gate
+
+    decision = gate({"tasks": {"STSBenchmark": 0.8}, "average": 0.8}, "model", "first", tmp_path / "runs", 0.01,
+                    promote=False)
+    assert decision["flags"] and "truncated by generate.time_budget_s" in decision["reason"]
     shard0 = store.root / "generate" / "shards" / "shard-00000.parquet"
     before = hash_file(shard0)
 
