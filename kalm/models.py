@@ -38,7 +38,13 @@ class ResolvedModel:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KALM_CACHE", ".kalm/cache")).resolve()
+    """Converted models and other caches: ``$KALM_CACHE``, else ``$KALM_HOME/cache`` (the volume a
+    container keeps across runs), else ``.kalm/cache`` under the working directory."""
+    if os.environ.get("KALM_CACHE"):
+        return Path(os.environ["KALM_CACHE"]).resolve()
+    if os.environ.get("KALM_HOME"):
+        return (Path(os.environ["KALM_HOME"]) / "cache").resolve()
+    return Path(".kalm/cache").resolve()
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -6,9 +6,16 @@ from pathlib import Path
 
 from prefect import task
 
+from deployments.torchrun_node import publish as publish_torchrun_command
 from kalm.stage import StageResult
+from kalm.training import launch as _launch
 from kalm.training.config import TrainConfig
 from tasks.common import ProgressArtifact, publish_summary, results_dir, retry_unless_data_error, stage_cache_key_fn
+
+# Multi-node training: node 0 hands its torchrun command to the other pods of the job (see
+# deployments/torchrun_node.py); a no-op outside a flow run.
+if publish_torchrun_command not in _launch.BEFORE_MULTI_NODE_LAUNCH:
+    _launch.BEFORE_MULTI_NODE_LAUNCH.append(publish_torchrun_command)
 
 
 @task(name="train", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_data_error,

@@ -246,3 +246,34 @@ def test_follower_node_joins_node_0s_torchrun_through_the_handoff(tmp_path):
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["sum"] for r in ranks] == [3.0, 3.0] and {r["world"] for r in ranks} == {2}
     assert sorted(r["node"] for r in ranks) == [0, 1]  # one rank on each node
+
+
+def test_train_stage_hands_its_torchrun_command_to_the_other_nodes_before_launching(tmp_path, monkeypatch):
+    """On pod 0 of the Indexed Job the train stage publishes the exact torchrun command (rendezvous
+    at the job's ``KALM_RDZV_ENDPOINT``) before starting torchrun, so the followers can join it."""
+    import tasks.train  # noqa: F401  (registers the hand-off)
+    from deployments.torchrun_node import handoff_path
+    from kalm.training import launch
+    from kalm.training.config import TrainConfig
+
+    monkeypatch.setenv("KALM_TORCHRUN_HANDOFF_DIR", str(tmp_path / "handoff"))
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-1")
+    monkeypatch.setenv("KALM_RDZV_ENDPOINT", "kalm-job-0.kalm-rdzv:29500")
+
+    class Launched(Exception):
+        pass
+
+    def instead_of_torchrun(cmd):  # the hooks ran; stop before a rendezvous that no second node joins
+        raise Launched
+
+    monkeypatch.setattr(launch, "BEFORE_MULTI_NODE_LAUNCH", [*launch.BEFORE_MULTI_NODE_LAUNCH, instead_of_torchrun])
+    cfg = TrainConfig.model_validate({"distributed": {"nnodes": 2, "nproc_per_node": 1}})
+    with pytest.raises(Launched):
+        launch.launch(cfg, "model", tmp_path / "tokens", tmp_path / "out")
+    cmd = json.loads(handoff_path("flow-run-1").read_text())["cmd"]
+    assert "--nnodes=2" in cmd and "--rdzv-endpoint=kalm-job-0.kalm-rdzv:29500" in cmd
+    assert cmd[cmd.index("--model-path") + 1] == "model"
+
+    monkeypatch.delenv("KALM_RDZV_ENDPOINT")
+    with pytest.raises(ValueError, match="KALM_RDZV_ENDPOINT"):
+        launch.torchrun_command(cfg, "model", tmp_path / "tokens", tmp_path / "out")

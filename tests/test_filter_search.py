@@ -87,6 +87,11 @@ def test_gpu_decisions():
         use_gpu_for(always, 116, ngpu=0)
     with pytest.raises(RuntimeError, match="above faiss' GPU limit"):
         use_gpu_for(always, 4000, ngpu=1)
+    # GPUs present but a CPU-only faiss (the [gpu] extra not installed): stop, naming the fix, instead
+    # of silently building CPU indexes; 'never' is the explicit way to search on the CPU there.
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[gpu\]'"):
+        use_gpu_for(auto, 116, ngpu=0, cuda_devices=8)
+    assert not use_gpu_for(never, 116, ngpu=0, cuda_devices=8)
     # The filter's depth is fixed, whatever a label's size: far below the GPU limit by default.
     assert FilterConfig().search_depth == 116 <= GPU_MAX_K
     # One process pool per stage over every GPU when there are several; configured devices win.

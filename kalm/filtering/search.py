@@ -45,14 +45,30 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def use_gpu_for(opts: IndexOptions, k: int, ngpu: int) -> bool:
+def cuda_device_count() -> int:
+    """GPUs that torch sees (0 without CUDA), to tell "no GPU" from "a faiss build without GPU support"."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def use_gpu_for(opts: IndexOptions, k: int, ngpu: int, cuda_devices: int = 0) -> bool:
     """Whether a search of depth ``k`` runs on a GPU: only where one exists and k fits faiss' GPU limit.
 
+    ``ngpu``: GPUs faiss sees; ``cuda_devices``: GPUs torch sees.
+
     Raises:
-        RuntimeError: ``use_gpu: always`` without a GPU, or with k above the limit.
+        RuntimeError: ``use_gpu: always`` without a GPU, or with k above the limit; ``auto`` on a machine
+            with GPUs whose faiss has no GPU support (faiss-cpu), which would silently search on the CPU.
     """
     if opts.use_gpu == "never":
         return False
+    if ngpu == 0 and cuda_devices > 0:
+        raise RuntimeError(f"this machine has {cuda_devices} CUDA GPU(s) but the installed faiss has no GPU support "
+                           "(faiss-cpu): install the GPU extra (pip install -e '.[gpu]', which brings faiss-gpu), or "
+                           "set filter.index.use_gpu: never to search on the CPU on purpose")
     if opts.use_gpu == "always":
         if ngpu == 0:
             raise RuntimeError("filter.index.use_gpu is 'always' but faiss sees no GPU: install faiss-gpu or use 'auto'")
@@ -216,7 +232,7 @@ def build_search(pool: np.ndarray, opts: IndexOptions, k: int, work_dir: Path) -
     """The searcher for ``pool`` [n, D]: exact below ``exact_below`` vectors (GPU when one fits k), else faiss."""
     kind = choose_kind(len(pool), opts)
     if kind == "flat":
-        return ExactSearch(pool, opts.chunk_size, gpu=use_gpu_for(opts, k, gpu_count()))
+        return ExactSearch(pool, opts.chunk_size, gpu=use_gpu_for(opts, k, gpu_count(), cuda_device_count()))
     return build_faiss(pool, kind, opts, work_dir)
 
 

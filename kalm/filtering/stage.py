@@ -29,8 +29,8 @@ from kalm.filtering.judge import judge
 from kalm.filtering.pools import Pool, build_pool
 from kalm.filtering.scan import NEG_KEEP, NEG_REASONS, Scan, TextTable, scan
 from kalm.filtering.store import unique_keys
-from kalm.filtering.search import (ExactSearch, FaissSearch, approximate_pays, build_search, gpu_count, tune_recall,
-                                   use_gpu_for)
+from kalm.filtering.search import (ExactSearch, FaissSearch, approximate_pays, build_search, cuda_device_count,
+                                   gpu_count, tune_recall, use_gpu_for)
 from kalm.schema import ShardWriter, count_rows, read_batches
 from kalm.stage import Progress, StageResult, no_progress
 from kalm.store import atomic_write_json, hash_outputs
@@ -159,7 +159,7 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
         probe = [(q[np.einsum("ij,ij->i", q, q) > 1e-6], lo, hi, x)
                  for q, lo, hi, x in ((store.gather(q_loc[s]), lo, hi, x) for s, lo, hi, x, _ in sample)]
         probe = [g for g in probe if len(g[0])]
-        exact = ExactSearch(vectors, chunk, gpu=use_gpu_for(cfg.index, depth, gpu_count()))
+        exact = ExactSearch(vectors, chunk, gpu=use_gpu_for(cfg.index, depth, gpu_count(), cuda_device_count()))
         info["recall"] = tune_recall(searcher, exact, probe, depth, cfg.index.target_recall, fixed=fixed)
         info["lists_on_disk"] = searcher.on_disk
         if cfg.index.kind == "auto" and not approximate_pays(info["recall"], cfg.index.target_recall):

@@ -118,7 +118,7 @@ class VLLMBackend:
         try:
             from vllm import LLM
         except ImportError as e:  # the GPU image installs it; CPU machines use the transformers backend
-            raise RuntimeError("generate.backend 'vllm' needs vllm installed (pip install 'kalm-pipeline[vllm]', "
+            raise RuntimeError("generate.backend 'vllm' needs vllm installed (pip install -e '.[gpu]', "
                                "or the GPU Docker image); use backend 'transformers' on CPU") from e
         from kalm.models import transformers_path
 
