@@ -229,3 +229,28 @@ def test_label_derived_pairs_are_ranked_and_mined_not_dropped(shared_data, tmp_p
     result = run_filter(cfg, [tmp_path / "b.parquet"], tmp_path / "out", tmp_path / "cache")
     assert result.counts["dropped"] == 0 and result.counts["kept"] == len(rows)
     assert result.counts["mined_negatives"] > 0
+
+
+def test_filter_precision_and_recall_on_planted_wrong_pairs(shared_data, tmp_path, minilm_ref):
+    """Ingest plants a known share of wrong pairs (swap_positives, as in configs/cpu-levers.yaml); the
+    filter's stats report how many it dropped (recall) and how many of its drops were planted
+    (precision), counted from the examples' ``planted`` metadata."""
+    from kalm.ingest.config import DatasetSource, IngestConfig
+    from kalm.ingest.stage import run_ingest
+
+    src = DatasetSource(name="stsb", path=shared_data / "stsb_en" / "train.jsonl", format="sts", min_score=4.0,
+                        max_rows=300, swap_positives=0.25, seed=5)
+    run_ingest(IngestConfig(datasets=[src], dedup={"enabled": False}, decontamination={"enabled": False}),
+               tmp_path / "ingest")
+    cfg = FilterConfig(teacher=minilm_ref, top_k=5, num_negatives=1, use_instructions=False)
+    result = run_filter(cfg, [tmp_path / "ingest" / "stsb.parquet"], tmp_path / "out", tmp_path / "cache")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    p = stats["planted"]
+    dropped = pq.read_table(tmp_path / "out" / "dropped.parquet").to_pylist()
+    planted_dropped = sum(bool(json.loads(r["metadata"]).get("planted")) for r in dropped)
+    assert p["dropped_planted"] == planted_dropped and p["dropped_clean"] == len(dropped) - planted_dropped
+    assert 60 <= p["planted"] <= 90 and p["recall"] == round(planted_dropped / p["planted"], 4)
+    assert p["precision"] == round(planted_dropped / len(dropped), 4)
+    # A random other pair's positive almost never ranks top-5 among ~300: MiniLM finds nearly all.
+    assert p["recall"] >= 0.9 and p["precision"] >= 0.5, p
+    assert result.counts["dropped"] == len(dropped)

@@ -264,6 +264,8 @@ def _write(cfg: FilterConfig, inputs: list[Path], sc: Scan, results: Results, te
     by = {f: defaultdict(lambda: {"kept": 0, "dropped": 0}) for f in ("task_type", "language", "source")}
     removed_by_source: dict[str, Counter] = defaultdict(Counter)
     mined_total = kept_n = dropped_n = 0
+    # Planted wrong pairs (ingest's swap_positives, for experiments): the filter's precision and recall.
+    planted = {"planted": 0, "dropped_planted": 0, "dropped_clean": 0}
     r0 = 0
     with ShardWriter(out / "kept.parquet", cfg.rows_per_shard) as kept_w, \
             ShardWriter(out / "dropped.parquet", cfg.rows_per_shard) as dropped_w:
@@ -287,6 +289,11 @@ def _write(cfg: FilterConfig, inputs: list[Path], sc: Scan, results: Results, te
                 given = [x for x, why in zip(negs[i], reasons) if why == NEG_KEEP]
                 mined = [next(mined_texts) for o in mined_occ[i] if o >= 0]
                 meta = json.loads(metas[i] or "{}")
+                if meta.get("planted"):
+                    planted["planted"] += 1
+                    planted["dropped_planted"] += int(not keep[i])
+                elif not keep[i]:
+                    planted["dropped_clean"] += 1
                 gone = Counter(NEG_REASONS[int(w)] for w in reasons if w != NEG_KEEP)
                 if gone:
                     meta["negatives_removed"] = dict(gone)
@@ -337,4 +344,8 @@ def _write(cfg: FilterConfig, inputs: list[Path], sc: Scan, results: Results, te
              "by_language": {k: dict(v) for k, v in by["language"].items()},
              "by_source": {k: dict(v) for k, v in by["source"].items()},
              "rank_histogram": hist}
+    if planted["planted"]:
+        tp, n_drop = planted["dropped_planted"], planted["dropped_planted"] + planted["dropped_clean"]
+        stats["planted"] = {**planted, "precision": round(tp / n_drop, 4) if n_drop else None,
+                            "recall": round(tp / planted["planted"], 4)}
     return {"stats": stats, "kept": kept_w.files, "dropped": dropped_w.files}
