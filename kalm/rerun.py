@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from kalm.config import DEFAULT_PRESET, ConfigError, RunConfig, _format_errors, _set_dotted, check_config_paths, load_config
+from kalm.config import (DEFAULT_PRESET, ConfigError, RunConfig, _format_errors, _set_dotted, _substitute,
+                         check_config_paths, load_config)
 from kalm.store import MANIFEST
 
 
@@ -84,6 +85,10 @@ def run_config(config: Optional[str], run_id: Optional[str], overrides: Optional
     source = manifest.get("config_source") or f"run {run_id}"
     try:
         cfg = RunConfig.model_validate(raw)
+        # --set values may name "{data_dir}" (e.g. the ablation's per-seed ingest.datasets, taken from the
+        # YAML): resolved here as load_config resolves it; the recorded config holds resolved paths.
+        data_dir = cfg.resolved_data_dir()
+        cfg = RunConfig.model_validate(_substitute(raw, "{data_dir}", str(data_dir or "<no data_dir>")))
     except ValidationError as e:
         raise ConfigError(_format_errors(e, f"run {run_id}'s recorded config with --set {overrides}")) from None
     check_config_paths(cfg, source=f"run {run_id}'s recorded config")

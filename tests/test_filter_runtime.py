@@ -21,8 +21,10 @@ def sts_texts(shared_data) -> list[str]:
 
 def test_openvino_embeddings_equal_torch_and_the_conversion_is_reused(sts_texts, tmp_path, minilm_ref):
     assert TeacherEncoder(minilm_ref, tmp_path / "auto").runtime == ("torch" if torch.cuda.is_available() else "openvino")
-    reference = TeacherEncoder(minilm_ref, tmp_path / "torch", batch_size=7, runtime="torch").encode(sts_texts)
-    ov = TeacherEncoder(minilm_ref, tmp_path / "ov", batch_size=7, runtime="openvino")
+    # float32 stores: this compares the runtimes, not the float16 embedding store (tested on its own).
+    reference = TeacherEncoder(minilm_ref, tmp_path / "torch", batch_size=7, runtime="torch",
+                               store_dtype="float32").encode(sts_texts)
+    ov = TeacherEncoder(minilm_ref, tmp_path / "ov", batch_size=7, runtime="openvino", store_dtype="float32")
     vecs = ov.encode(sts_texts)
     assert ov.runtime == "openvino" and ov._openvino.converted
     assert vecs.shape == reference.shape
@@ -30,7 +32,7 @@ def test_openvino_embeddings_equal_torch_and_the_conversion_is_reused(sts_texts,
     assert float((vecs * reference).sum(1).min()) > 0.9999
 
     # A second encoder (another run) loads the saved conversion; other batch sizes, same vectors.
-    again = TeacherEncoder(minilm_ref, tmp_path / "ov", batch_size=64, runtime="openvino")
+    again = TeacherEncoder(minilm_ref, tmp_path / "ov", batch_size=64, runtime="openvino", store_dtype="float32")
     again.load()
     assert not again._openvino.converted
     raw = again._openvino.encode(sts_texts, batch_size=64)

@@ -114,6 +114,16 @@ def test_rerun_uses_the_recorded_config_and_names_differences(tmp_path):
         run_config("cpu-demo", "r1", {"runs_dir": str(runs)})
     cfg, _, _ = run_config("cpu-demo", "r1", {"runs_dir": str(runs), "train.max_steps": 9})
     assert cfg.train.max_steps == 9
+    # --set values written with "{data_dir}" (as `kalm ablate` sets each seed's ingest.datasets from the
+    # YAML) resolve on a rerun as they do for a new run.
+    import yaml
+
+    from kalm.config import preset_path
+
+    raw = yaml.safe_load(preset_path("cpu-demo").read_text())["ingest"]["datasets"]
+    assert raw[0]["path"].startswith("{data_dir}")
+    cfg, _, _ = run_config("cpu-demo", "r1", {"runs_dir": str(runs), "train.max_steps": 9, "ingest.datasets": raw})
+    assert cfg.ingest.datasets[0].path == recorded.ingest.datasets[0].path
     # A new run id: the given config (default cpu-demo).
     cfg, source, record = run_config(None, "new", {"runs_dir": str(runs)})
     assert source == "cpu-demo" and record == {} and cfg.train.max_steps == 40
