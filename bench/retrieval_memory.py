@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+from kalm.memory import peak_rss_mib  # noqa: E402  (VmHWM: ru_maxrss would include the parent's peak)
 import subprocess
 import sys
 import tempfile
@@ -82,7 +82,7 @@ def child(model: str, folder: str, chunk: int) -> None:
     s = evaluate_model(model, [EvalTask(name="SciFact", local=folder)], Path(tempfile.mkdtemp()), use_cache=False,
                        corpus_chunk_size=chunk, batch_size=256)
     print(json.dumps({"ndcg_at_10": s["tasks"]["SciFact"], "seconds": round(time.perf_counter() - start, 1),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                      "peak_rss_mib": round(peak_rss_mib(), 1)}))
 
 
 def main() -> int:

@@ -7,7 +7,7 @@
 
 Pipeline mode runs ingest -> filter (+ hard-negative mining) -> training-data preparation
 (tokenization into the train stage's format), one process per N and, inside it, one child
-process per stage so each stage's peak RSS is its own (``resource.getrusage`` of the child,
+process per stage so each stage's peak RSS is its own (``kalm.memory.peak_rss_mib`` of the child,
 imports included); wall time is the stage call alone. Baseline: sentence-transformers'
 ``mine_hard_negatives`` (``use_faiss=True``) with the same teacher, the same candidate pool (the
 ingested examples' positives; the generated rows carry no given negatives), the same number of
@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+from kalm.memory import peak_rss_mib  # noqa: E402  (VmHWM: ru_maxrss would include the parent's peak)
 import shutil
 import sqlite3
 import subprocess
@@ -237,7 +237,7 @@ def baseline(inputs: list[Path]) -> dict:
 def child(stage: str, n: int, work: Path) -> None:
     """Entry of a stage process: prints one JSON line with the stage's numbers and peak RSS."""
     result = run_stage(stage, n, work)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     print("RESULT " + json.dumps(result))
 
 

@@ -108,7 +108,7 @@ def test_two_labels_of_10k_texts_are_searched_at_a_fixed_depth(shared_data, tmp_
 @pytest.mark.slow
 def test_filter_memory_stays_flat_on_200k_examples(shared_data, tmp_path, static_cfg):
     """200k generated examples (real texts recombined): the filter stage in its own process stays
-    under 1.5 GiB peak RSS (measured with resource.getrusage); the input alone is ~60 MB of Parquet
+    under 1.5 GiB peak RSS (VmHWM, kalm.memory.peak_rss_mib); the input alone is ~60 MB of Parquet
     and would be ~1.9 GB as Python dicts (9.4 KiB per example, issue 16)."""
     bank, sts = _real_texts(shared_data)
     base = bank + sts
@@ -124,14 +124,15 @@ def test_filter_memory_stays_flat_on_200k_examples(shared_data, tmp_path, static
     # nprobe fixed (not tuned to recall 0.99): this test is about memory; the recall is the IVF test's.
     cfg = static_cfg.model_copy(update={"read_batch_size": 16_384, "index": IndexOptions(kind="ivf", ivf_nprobe=8)})
     script = textwrap.dedent(f"""
-        import json, resource, sys
+        import json, sys
         from pathlib import Path
+        from kalm.memory import peak_rss_mib
         from kalm.filtering.config import FilterConfig
         from kalm.filtering.stage import run_filter
         cfg = FilterConfig.model_validate_json({cfg.model_dump_json()!r})
         r = run_filter(cfg, [Path({str(tmp_path / 'in.parquet')!r})], Path({str(tmp_path / 'out')!r}),
                        Path({str(tmp_path / 'cache')!r}))
-        print(json.dumps({{"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "counts": r.counts,
+        print(json.dumps({{"peak_kib": peak_rss_mib() * 1024, "counts": r.counts,
                           "pools": r.info["stats"]["pools"]}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800)

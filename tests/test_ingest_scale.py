@@ -11,8 +11,9 @@ import pytest
 PEAK_RSS_BOUND_MIB = 1536  # measured ~400 MiB (imports ~180 MiB, dedup index ~50 MiB at 200k): 3.8x headroom
 
 CHILD = textwrap.dedent("""
-    import json, random, resource, sys, time
+    import json, random, sys, time
     from pathlib import Path
+    from kalm.memory import peak_rss_mib
     from kalm.ingest.config import DatasetSource, IngestConfig
     from kalm.ingest.stage import run_ingest
 
@@ -31,7 +32,7 @@ CHILD = textwrap.dedent("""
     r = run_ingest(cfg, tmp / "out")
     print(json.dumps({"seconds": time.perf_counter() - start, "bytes": size, "counts": r.counts,
                       "shards": len(r.parquet_files()), "dedup_index_bytes": r.info["dedup"]["index_bytes"],
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mib": peak_rss_mib()}))
 """)
 
 

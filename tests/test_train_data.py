@@ -121,14 +121,15 @@ def test_no_examples_is_a_clear_error(tmp_path):
 
 
 _RSS_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
+from kalm.memory import peak_rss_mib
 from kalm.training import train
 from kalm.training.config import TrainConfig
 cfg = TrainConfig(student=sys.argv[2], max_length=16, batch_size=8, max_steps=2, checkpoint_every=2,
                   group_by_length=True, use_instructions=True)
 result = train(cfg, [Path(sys.argv[1])], Path(sys.argv[3]))
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"peak_rss_mib": peak_rss_mib(),
                   "examples": result.counts["examples"], "steps": result.counts["steps"]}))
 """
 
