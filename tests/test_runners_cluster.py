@@ -28,8 +28,10 @@ SEED = random.randrange(1_000_000)
 
 
 def _cfg(**kw) -> GenerateConfig:
+    # Tiny lengths so 96 new tokens fit the longest answer they allow (GenerateConfig checks it).
     return GenerateConfig(personas=PersonaSource(num_personas=2, seed=SEED), task_types=["sts"], personas_per_shard=1,
-                          batch_size=2, max_new_tokens=96, seed=SEED, **kw)
+                          batch_size=2, max_new_tokens=96, seed=SEED, knobs={"num_words": [12]},
+                          lengths={"query_words": 10, "text_words": 12}, **kw)
 
 
 def _shards(result) -> dict[str, str]:

