@@ -17,8 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(seed: int, **kw) -> GenerateConfig:
+    # min_yield 0: these tests draw a fresh seed (fresh cache keys), and for some seeds greedy SmolLM2-135M
+    # writes no acceptable example in a shard; the low-yield check has its own test (case 16).
     return GenerateConfig(personas=PersonaSource(num_personas=3, seed=seed), task_types=["sts"], personas_per_shard=1,
-                          batch_size=2, lengths={"text_words": 12}, seed=seed, **kw)
+                          batch_size=2, lengths={"text_words": 12}, seed=seed, min_yield=0.0, **kw)
 
 
 def test_budget_cut_is_recorded_served_from_cache_and_raising_it_generates_only_the_rest(tmp_path):
