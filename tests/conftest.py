@@ -65,3 +65,12 @@ def tiny_bert_teacher(tmp_path_factory, minilm_ref) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the Dask/Ray cluster runner tests last. After them, in one pytest process, later tests that
+    run tasks tagged ``gpu`` failed with ``ConcurrencySlotAcquisitionError ... ['tag:gpu']`` (seen in two
+    full CI runs; the same tests pass when the cluster tests come after them). The state they leave
+    behind is not yet found: until it is, nothing runs after them."""
+    last = [i for i in items if i.nodeid.startswith("tests/test_runners_cluster.py")]
+    items[:] = [i for i in items if i not in last] + last
