@@ -140,6 +140,13 @@ class RowCheck:
             return None
         return col
 
+    def present(self, fld: str, required: bool = True) -> Optional[str]:
+        """:meth:`column`, and where a required field has no column, every row dropped as ``<fld>_missing``."""
+        col = self.column(fld, required)
+        if col is None and required:
+            self.drop(f"{fld}_missing", np.ones(self.n, bool))
+        return col
+
     def drop(self, reason: str, mask: np.ndarray) -> None:
         self.reason[(self.reason == "") & np.asarray(mask, dtype=bool)] = reason
 
@@ -151,10 +158,8 @@ class RowCheck:
     def text(self, fld: str, required: bool = True) -> pa.Array:
         """Column of ``fld`` as trimmed strings; rows without a usable text are marked dropped
         (``required``) or left null (optional fields)."""
-        col = self.column(fld, required)
+        col = self.present(fld, required)
         if col is None:
-            if required:
-                self.drop(f"{fld}_missing", np.ones(self.n, bool))
             return pa.nulls(self.n, pa.string())
         arr = self.batch.table.column(col).combine_chunks()
         if pa.types.is_dictionary(arr.type):
@@ -194,10 +199,8 @@ class RowCheck:
         Null or blank items are removed and counted (``negatives_removed[<field>_blank_item]``).
         ``required``: rows whose list ends up empty are dropped (``<field>_empty``).
         """
-        col = self.column(fld, required)
+        col = self.present(fld, required)
         if col is None:
-            if required:
-                self.drop(f"{fld}_missing", np.ones(self.n, bool))
             return _empty_lists(self.n)
         arr = self.batch.table.column(col).combine_chunks()
         bad = self._bad_rows(col)
@@ -226,10 +229,8 @@ class RowCheck:
 
     def raw(self, fld: str, required: bool = True) -> Optional[pa.Array]:
         """The column of ``fld`` as it is (labels, scores); rows where it is null are dropped when required."""
-        col = self.column(fld, required)
+        col = self.present(fld, required)
         if col is None:
-            if required:
-                self.drop(f"{fld}_missing", np.ones(self.n, bool))
             return None
         arr = self.batch.table.column(col).combine_chunks()
         bad = self._bad_rows(col)

@@ -40,10 +40,8 @@ class TevatronMapper(Mapper):
     text_fields = ("query",)
 
     def _passages(self, chk, fld, required):
-        col = chk.column(fld, required)
+        col = chk.present(fld, required)
         if col is None:
-            if required:
-                chk.drop(f"{fld}_missing", np.ones(chk.n, bool))
             return None
         arr = chk.batch.table.column(col).combine_chunks()
         if not _is_list_type(arr.type) or not pa.types.is_struct(arr.type.value_type) or \
