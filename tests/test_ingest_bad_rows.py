@@ -48,6 +48,21 @@ def test_case03_null_and_blank_fields_are_dropped_and_counted(cases, tmp_path):
     assert r.info["per_source"]["nullq"]["dropped"] == {"query_null": 1}
 
 
+def test_case03_too_few_kept_examples_stop_train_with_a_data_error(cases, tmp_path):
+    """Case 03's recipe keeps 3 of 6 rows; its batch size is 4. The train stage says so before any
+    process starts, as a DataError (never retried), naming the setting and the fix."""
+    from kalm.training.stage import train
+
+    cfg = load_config(cases / "03-null-or-blank-query" / "config.yaml")
+    r = run_ingest(cfg.ingest, tmp_path / "ingest")
+    with pytest.raises(DataError) as e:
+        train(cfg.train, r.parquet_files(), tmp_path / "train")
+    msg = str(e.value)
+    assert "3 examples left after ingest and filter" in msg and "train.batch_size 4" in msg, msg
+    assert "lower train.batch_size to at most 3" in msg
+    assert not (tmp_path / "train" / "checkpoints").exists()  # no training started
+
+
 def test_case01_list_where_one_text_belongs_fails_before_any_work(cases, tmp_path):
     cfg = load_config(cases / "01-flagembedding-pos-list" / "config.yaml")
     with pytest.raises(IngestError) as e:

@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from kalm.errors import DataError
+
 
 class TaskBatchSampler:
     """Yields global batches (lists of example indices) forever, epoch after epoch.
@@ -48,7 +50,7 @@ class TaskBatchSampler:
                  share: float = 0.8, seed: int = 0, lengths: Optional[Sequence[int] | np.ndarray] = None,
                  length_window: int = 50):
         if len(tasks) < batch_size:
-            raise ValueError(f"{len(tasks)} examples are fewer than one batch of {batch_size}: lower train.batch_size")
+            raise DataError(f"{len(tasks)} examples are fewer than one batch of {batch_size}: lower train.batch_size")
         if mode not in ("semi_homogeneous", "homogeneous", "random"):
             raise ValueError(f"sampler mode {mode!r}: use semi_homogeneous, homogeneous or random")
         # Task ids as one int array (sorted names -> 0..T-1): memory stays 4 bytes per example.

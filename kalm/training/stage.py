@@ -41,6 +41,7 @@ def train(cfg: TrainConfig, inputs: Sequence[Path], out: Path, progress: Optiona
     data = prepare_training_data(cfg, inputs, out / "tokens", model_path=model_path,
                                  progress=lambda f, m: progress(0.0, m))
     tokenize_s = time.perf_counter() - t0
+    _check_enough_examples(cfg, data, inputs)
     d = cfg.distributed
     if d.nproc_per_node * d.nnodes > 1:
         from kalm.training.launch import launch
@@ -63,3 +64,18 @@ def train(cfg: TrainConfig, inputs: Sequence[Path], out: Path, progress: Optiona
         info={"base_model": cfg.student, "losses": summary["losses"], "run_key": summary["run_key"],
               "token_file": str(data), "reused_final_checkpoint": reused},
     )
+
+
+def _check_enough_examples(cfg: TrainConfig, token_file: Path, inputs: Sequence[Path]) -> None:
+    """Fail before launching any process when the kept examples cannot fill one batch: a fault in
+    the data (everything was dropped upstream, or the dataset is tiny), so a ``DataError`` that the
+    orchestration layer does not retry."""
+    from kalm.errors import DataError
+    from kalm.training.data import TrainingData
+
+    n = len(TrainingData(token_file))
+    if n < cfg.batch_size:
+        names = ", ".join(Path(p).name for p in inputs) or "(no files)"
+        raise DataError(f"train: {n} examples left after ingest and filter ({names}) are fewer than one batch of "
+                        f"train.batch_size {cfg.batch_size}; lower train.batch_size to at most {n}, or add data "
+                        "(the ingest and filter stats say how many rows were dropped and why)")
