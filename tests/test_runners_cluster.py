@@ -79,8 +79,26 @@ def api(tmp_path_factory):
         yield url
     finally:
         del os.environ["PREFECT_API_URL"]
+        _release_prefect_services()
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def _release_prefect_services() -> None:
+    """Stop Prefect's per-process API services before this server goes away. Each is a singleton
+    (one per concurrency-limit set, e.g. the ``tag:gpu`` slot service of the generate shards) holding
+    a client bound to the API it first reached; left running, later flows in this process that use
+    the same tag would keep calling the stopped server and fail with ``ConcurrencySlotAcquisitionError:
+    Unable to acquire concurrency slots on ['tag:gpu']``. A stopped service is re-created on next use,
+    with the API current then."""
+    from prefect.concurrency.services import (ConcurrencySlotAcquisitionService,
+                                              ConcurrencySlotAcquisitionWithLeaseService)
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService, APILogWorker,
+                    EventsWorker):
+        service.drain_all(timeout=30, at_exit=False)
 
 
 @pytest.fixture
@@ -143,8 +161,15 @@ def test_ray_local_instance_runs_the_shards_with_their_gpus(sequential, tmp_path
             result = _generate_flow.with_options(task_runner=runner)(cfg=_cfg(task_runner="ray", max_workers=2),
                                                                      run_dir=str(tmp_path / "gpus"))
         _same_as(result, sequential)
-        shard_tasks = [t for t in list_tasks(filters=[("name", "=", SHARD_TASK)], detail=True, limit=100)
-                       if t.state == "FINISHED"]
+        # Ray's state API is eventually consistent: a task that has returned may still be listed as
+        # RUNNING for a moment, so wait (bounded) until all four shard tasks read FINISHED.
+        deadline = time.monotonic() + 60
+        while True:
+            shard_tasks = [t for t in list_tasks(filters=[("name", "=", SHARD_TASK)], detail=True, limit=100)
+                           if t.state == "FINISHED"]
+            if len(shard_tasks) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         needs = sorted(json.dumps(t.required_resources, sort_keys=True) for t in shard_tasks)
         assert needs.count(json.dumps({"CPU": 1.0, "GPU": 1.0}, sort_keys=True)) == 2, needs
         assert needs.count(json.dumps({"CPU": 1.0}, sort_keys=True)) == 2, needs
