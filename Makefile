@@ -54,7 +54,7 @@ $(VLLM_STAMP): $(STAMP)
 	  && touch $(VLLM_STAMP) || echo "vllm's API did not install: tests/test_synth_vllm_api.py will skip"
 
 test: $(STAMP) $(LLAMA_STAMP) $(VLLM_STAMP) browser
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=30 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	$(VENV)/bin/kalm ui
