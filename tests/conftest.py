@@ -74,11 +74,20 @@ def tiny_bert_teacher(tmp_path_factory, minilm_ref) -> str:
 # (--dist loadfile --no-loadscope-reorder: by default xdist orders files by their number of tests)
 # in collection order, so starting with the longest ones keeps one worker from
 # running a 10-minute file alone at the end (measured: one serial CI run 47.5 min, 2 workers ~35).
-SLOW_FIRST = ["test_eval_reference.py", "test_e2e_retrain.py", "test_synth_tasktypes.py", "test_runners_cluster.py",
+SLOW_FIRST = ["test_eval_reference.py", "test_e2e_retrain.py", "test_synth_tasktypes.py",
               "test_synth_generate.py", "test_orchestration.py", "test_train_rehearsal.py", "test_train_models.py",
               "test_synth_resume.py", "test_docker.py", "test_train_data.py", "test_filter_scale.py"]
 
 
+# Last, and alone at the end of its worker: the Dask/Ray runner tests point PREFECT_API_URL at a
+# server of their own and stop it; Prefect-using tests after them in the same process failed against
+# that stopped server (ConcurrencySlotAcquisitionError in a serial run, httpx ConnectError when they
+# were the worker's first Prefect tests). Which cached client or setting outlives the fixture is not
+# yet pinned down; until it is, nothing runs after them.
+LAST = ["test_runners_cluster.py"]
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    rank.update({name: len(SLOW_FIRST) + 1 + i for i, name in enumerate(LAST)})
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(SLOW_FIRST)))  # stable: file order kept

@@ -79,26 +79,8 @@ def api(tmp_path_factory):
         yield url
     finally:
         del os.environ["PREFECT_API_URL"]
-        _release_prefect_services()
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def _release_prefect_services() -> None:
-    """Stop Prefect's per-process API services before this server goes away. Each is a singleton
-    (one per concurrency-limit set, e.g. the ``tag:gpu`` slot service of the generate shards) holding
-    a client bound to the API it first reached; left running, later flows in this process that use
-    the same tag would keep calling the stopped server and fail with ``ConcurrencySlotAcquisitionError:
-    Unable to acquire concurrency slots on ['tag:gpu']``. A stopped service is re-created on next use,
-    with the API current then."""
-    from prefect.concurrency.services import (ConcurrencySlotAcquisitionService,
-                                              ConcurrencySlotAcquisitionWithLeaseService)
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService, APILogWorker,
-                    EventsWorker):
-        service.drain_all(timeout=30, at_exit=False)
 
 
 @pytest.fixture
