@@ -73,7 +73,8 @@ def tiny_bert_teacher(tmp_path_factory, minilm_ref) -> str:
 # The slowest files first: `make test` runs 2 pytest-xdist workers that take whole files
 # (--dist loadfile --no-loadscope-reorder: by default xdist orders files by their number of tests)
 # in collection order, so starting with the longest ones keeps one worker from
-# running a 10-minute file alone at the end (measured: one serial CI run 47.5 min, 2 workers ~35).
+# running a 10-minute file alone at the end (measured here, 2 cores: 46-47 min of pytest with 2 workers;
+# CI ran the serial suite in 47.5 min on its faster machine; the suite is CPU-bound, so the gain is small).
 SLOW_FIRST = ["test_eval_reference.py", "test_e2e_retrain.py", "test_synth_tasktypes.py",
               "test_synth_generate.py", "test_orchestration.py", "test_train_rehearsal.py", "test_train_models.py",
               "test_synth_resume.py", "test_docker.py", "test_train_data.py", "test_filter_scale.py"]
