@@ -95,9 +95,18 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         # A training whose configuration had already finished trained 0 steps: not a new training.
         cached = cached or bool(result.info.get("reused_final_checkpoint"))
     except Exception as e:
+        from kalm.errors import DataError
+
+        # A fault in the inputs is told by its message (file, row, field, fix): no traceback in the
+        # manifest and report, and no chained one in the log; anything else keeps its traceback.
+        data_fault = isinstance(e, DataError)
         store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
-                           error=f"{type(e).__name__}: {e}", log_tail=traceback.format_exc()[-3000:])
-        raise StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}") from e
+                           error=f"{type(e).__name__}: {e}",
+                           log_tail=None if data_fault else traceback.format_exc()[-3000:])
+        failed = StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}")
+        if data_fault:
+            raise failed from None
+        raise failed from e
     wall = time.perf_counter() - start
     store.record_stage(
         stage, status="skipped" if result.info.get("disabled") else "cached" if cached or source_run else "done",

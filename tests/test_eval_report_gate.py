@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +161,22 @@ def test_gate_edge_cases(tmp_path):
     (tmp_path / "promoted.json").write_text("{not json")
     with pytest.raises(ValueError, match="promoted.json: not valid JSON .* delete it to start a new registry"):
         gate(summary({"a": 0.5}), "m", "r", tmp_path, 0.01)
+
+
+def test_gate_replaces_a_promoted_model_whose_folder_was_deleted(tmp_path):
+    """Case 13: a user deletes the promoted run's folder to free disk; the registry must not keep
+    pointing at it, and the next model is judged as the first one, saying what was gone."""
+    first = tmp_path / "runs" / "first" / "train" / "model"
+    first.mkdir(parents=True)
+    gate(summary({"STSBenchmark": 0.80}), str(first), "first", tmp_path, 0.0)
+    assert load_registry(tmp_path)["current"]["model"] == str(first.resolve())
+    second = tmp_path / "runs" / "second" / "train" / "model"
+    second.mkdir(parents=True)
+    # while the first model exists, a worse one is not promoted
+    assert not gate(summary({"STSBenchmark": 0.70}), str(second), "second", tmp_path, 0.0)["promoted"]
+    shutil.rmtree(tmp_path / "runs" / "first")
+    d = gate(summary({"STSBenchmark": 0.70}), str(second), "second", tmp_path, 0.0)
+    assert d["promoted"] and d["replaced_missing"] == str(first.resolve())
+    assert d["reason"].startswith(f"the promoted model {first.resolve()} (run first) no longer exists")
+    current = load_registry(tmp_path)["current"]
+    assert current["run_id"] == "second" and Path(current["model"]).exists()

@@ -199,3 +199,21 @@ def test_auto_fails_on_unknown_layout(tmp_path):
     with pytest.raises(IngestError, match=r"dataset 'd'.*format: auto cannot tell the layout from "
                                           r"columns \['body', 'title'\]"):
         _ingest(tmp_path, path=f, format="auto")
+
+
+def test_case06_given_negative_equal_to_its_positive_is_counted_in_the_stage_summary(tmp_path):
+    """Case 06 through the whole recipe's first stage: ingest removes the 3 negatives that equal their
+    positive (exactly or up to case and spacing); the count is in the stage's counts (the manifest's
+    stage table) and in the report's ingest table, not only in ingest/stats.json."""
+    from kalm.evaluation.report import ingest_table
+
+    p = CASES / "06-negative-equals-positive" / "pairs.jsonl"
+    if not p.exists():
+        pytest.skip("../shared/cases is absent")
+    r = run_ingest(IngestConfig(datasets=[DatasetSource(name="negpos", path=str(p), format="pairs")], **OFF),
+                   tmp_path / "out")
+    assert r.counts["negatives_removed"] == 3 == r.counts["removed_negative_equals_positive"]
+    row = next(line for line in ingest_table(r.info) if line.startswith("| negpos |"))
+    assert "| negative_equals_positive 3 |" in row
+    for e in iter_examples(read_examples(r.parquet_files())):
+        assert all(" ".join(n.lower().split()) != " ".join(e.positive.lower().split()) for n in e.negatives)

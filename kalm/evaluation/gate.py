@@ -6,7 +6,9 @@ rewritten atomically, so a crash never leaves half a registry.
 
 Rule: compare averages on the tasks both models were scored on; promote unless the new average
 is more than ``margin`` below the current model's. The first model is promoted; a model sharing
-no task with the current one is not (nothing shows it is as good: score it on those tasks).
+no task with the current one is not (nothing shows it is as good: score it on those tasks). A
+current model whose folder was deleted since (a user freeing disk by removing an old run) can no
+longer be served: the next model is judged as the first one, and the reason says what was gone.
 """
 
 from __future__ import annotations
@@ -91,6 +93,15 @@ def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], 
                        f"task(s) (delta {delta:+.4f}, margin {margin})")}
 
 
+def _missing_model(entry: Optional[dict[str, Any]]) -> Optional[str]:
+    """The entry's local model path when that folder no longer exists, else None (remote
+    references such as ``s3://`` or a hub id with no local folder recorded are not checked)."""
+    model = (entry or {}).get("model")
+    if not model or "://" in str(model) or not Path(str(model)).is_absolute():
+        return None
+    return None if Path(str(model)).exists() else str(model)
+
+
 def run_flags(runs_dir: Path, run_id: str) -> list[str]:
     """The flags the run's stages raised (``info["flags"]`` of their results in its manifest, e.g. a
     generate stage cut by its time budget or keeping few examples): the gate's decision names them."""
@@ -120,7 +131,12 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             # Re-deciding the current run: compare with what was current before it.
             earlier = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") != run_id]
             current = earlier[-1] if earlier else None
-        decision = decide(scores, current, margin)
+        gone = _missing_model(current)
+        decision = decide(scores, None if gone else current, margin)
+        if gone:
+            decision = {**decision, "replaced_missing": gone,
+                        "reason": (f"the promoted model {gone} (run {current.get('run_id')}) no longer exists, so "
+                                   f"it cannot be served or compared; {decision['reason']}")}
         flags = run_flags(runs_dir, run_id)
         if flags:
             decision = {**decision, "flags": flags,
@@ -129,7 +145,9 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             return {**decision, "promoted": False, "would_promote": decision["promoted"],
                     "reason": f"promotion is off (evaluate.promote: false); the gate says: {decision['reason']}",
                     "registry": str(registry_path(runs_dir)), "current_run": (reg["current"] or {}).get("run_id")}
-        entry = {"run_id": run_id, "model": str(model_path), "fingerprint": fingerprint,
+        # An absolute path, so that a later gate can tell whether the folder still exists.
+        model = str(Path(model_path).resolve()) if Path(str(model_path)).exists() else str(model_path)
+        entry = {"run_id": run_id, "model": model, "fingerprint": fingerprint,
                  "scores": {"tasks": _valid(scores), "average": (scores or {}).get("average")},
                  "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **decision}
         reg["history"] = [h for h in reg["history"] if h.get("run_id") != run_id] + [entry]

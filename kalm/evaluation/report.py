@@ -179,7 +179,8 @@ def _subset_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
 
 def ingest_table(info: dict[str, Any]) -> list[str]:
     """Markdown lines: per ingested dataset, rows read, examples, dropped by reason, decontaminated
-    (per evaluation task), deduplicated, sampled out; ``info`` is the ingest StageResult's info."""
+    (per evaluation task), deduplicated, sampled out, single negatives removed by reason (e.g. a given
+    negative equal to its positive); ``info`` is the ingest StageResult's info."""
     per = (info or {}).get("per_source") or {}
     skipped = (info or {}).get("skipped_datasets") or {}
     if not per and not skipped:
@@ -190,14 +191,15 @@ def ingest_table(info: dict[str, Any]) -> list[str]:
 
     lines = ["## Training data (ingest)", "",
              "| dataset | format | rows read | examples | dropped (by reason) | decontaminated (by task) "
-             "| deduplicated | sampled out | in-domain |", "|---|---|---:|---:|---|---|---|---:|---|"]
+             "| deduplicated | sampled out | negatives removed (by reason) | in-domain |",
+             "|---|---|---:|---:|---|---|---|---:|---|---|"]
     for name, s in per.items():
         lines.append(f"| {name} | {s.get('format', '')} | {s.get('rows_read', 0)} | {s.get('examples', 0)} "
                      f"| {counts(s.get('dropped'))} | {counts(s.get('decontaminated'))} "
                      f"| {counts(s.get('deduplicated'))} | {s.get('sampled_out', 0)} "
-                     f"| {'yes' if s.get('in_domain') else 'no'} |")
+                     f"| {counts(s.get('negatives_removed'))} | {'yes' if s.get('in_domain') else 'no'} |")
     for name, why in skipped.items():
-        lines.append(f"| {name} | skipped: {why} | 0 | 0 | | | | | no |")
+        lines.append(f"| {name} | skipped: {why} | 0 | 0 | | | | | | no |")
     lines.append("")
     firsts = [f"- {name} / {reason}: {', '.join(rows)}" for name, s in per.items()
               for reason, rows in (s.get("first_rows") or {}).items() if rows and not reason.startswith("dedup")]

@@ -186,6 +186,9 @@ def run_ingest(cfg: IngestConfig, out: Path, progress: Progress | None = None) -
         counts["dropped"] += s["dropped_total"]
         counts["decontaminated"] += s["decontaminated_total"]
         counts["deduplicated"] += s["deduplicated_total"]
+        for reason, n in s["negatives_removed"].items():  # e.g. a given negative equal to its positive
+            counts["negatives_removed"] += n
+            counts[f"removed_{reason}"] += n
     return StageResult(
         stage="ingest", out_dir=out, outputs=outputs + [stats_path], hashes=hash_outputs(out, outputs + [stats_path]),
         counts=dict(counts), seconds=time.perf_counter() - start,
