@@ -73,9 +73,9 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
 
     try:
         generated = stage("generate", generate_stage, [], cfg=cfg.generate, run_dir=run_dir)
-        ingested = stage("ingest", ingest_task, [], cfg=cfg.ingest, run_dir=run_dir)
-        filtered = stage("filter", filter_task, [generated, ingested], cfg=cfg.filter,
-                         inputs=[generated, ingested], run_dir=run_dir)
+        # Synthetic examples go through ingest with the open data: one dedup and decontamination for all.
+        ingested = stage("ingest", ingest_task, [generated], cfg=cfg.ingest, inputs=[generated], run_dir=run_dir)
+        filtered = stage("filter", filter_task, [ingested], cfg=cfg.filter, inputs=[ingested], run_dir=run_dir)
         trained = stage("train", train_task, [filtered], cfg=cfg.train, inputs=[filtered], run_dir=run_dir)
         if "evaluate" in todo:
             scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from prefect import get_run_logger, task
 
@@ -13,12 +14,15 @@ from tasks.common import ProgressArtifact, publish_summary, results_dir, retry_u
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_data_error,
       cache_key_fn=stage_cache_key_fn, persist_result=True, result_storage=results_dir())
-def ingest_task(cfg: IngestConfig, run_dir: str) -> StageResult:
-    from kalm.ingest.stage import run_ingest
+def ingest_task(cfg: IngestConfig, run_dir: str, inputs: Sequence[StageResult] = ()) -> StageResult:
+    """The open datasets of ``cfg`` and the examples of the earlier stages ``inputs`` (the synthetic
+    data: deduplicated and decontaminated with them); cached on the config, the content of the files
+    it names and the inputs' content, never their run folder."""
+    from kalm.ingest.stage import run_ingest, with_stage_examples
 
     logger = get_run_logger()
     progress = ProgressArtifact("ingest-progress", "Ingesting open datasets")
-    result = run_ingest(cfg, Path(run_dir) / "ingest", progress=progress)
+    result = run_ingest(with_stage_examples(cfg, inputs), Path(run_dir) / "ingest", progress=progress)
     progress.close()
     for name, s in result.info["per_source"].items():
         logger.info("dataset %s: format %s (%s); %d rows read -> %d examples; dropped %s; decontaminated %s; "

@@ -69,3 +69,44 @@ def test_evaluation_texts_of_every_layout(shared_data, folder, kind, count):
         assert len(texts) == count
     if folder == "scifact":  # the 300 test queries and the 339 relevant documents' texts (some shared)
         assert 300 < len(texts) <= 639
+
+
+def test_synthetic_examples_are_deduplicated_against_open_data_and_decontaminated(shared_data, tmp_path):
+    """Generation's examples go through ingest after the open datasets (issue 17): a synthetic example
+    that repeats an open one is the copy removed, one that carries an evaluation test text is removed,
+    and the rest keep their own instruction, language, persona and metadata."""
+    from kalm.ingest.stage import with_stage_examples
+    from kalm.schema import write_examples
+    from kalm.stage import StageResult
+
+    f, _ = _planted(shared_data, tmp_path)
+    open_rows = [json.loads(x) for x in f.read_text().splitlines()]
+    test = [json.loads(x) for x in (shared_data / "stsb_en" / "test.jsonl").read_text().splitlines()]
+    synth = [
+        {"task_type": "retrieval", "instruction": "Find the recipe.", "query": "How long to proof rye dough?",
+         "positive": "Rye dough proofs for about ninety minutes at room temperature.", "negatives": ["Rye is a grain."],
+         "language": "en", "source": "synthetic", "persona": "a baker", "metadata": json.dumps({"template": "retrieval"})},
+        {"task_type": "sts", "instruction": "Retrieve similar text.", "query": open_rows[0]["query"],
+         "positive": open_rows[0]["positive"], "negatives": [], "language": "en", "source": "synthetic",
+         "persona": "a copier", "metadata": "{}"},  # repeats an open example
+        {"task_type": "sts", "instruction": "Retrieve similar text.", "query": test[5]["sentence1"],
+         "positive": "A sentence nobody evaluates on.", "negatives": [], "language": "en", "source": "synthetic",
+         "persona": "a leaker", "metadata": "{}"},  # an evaluation test text
+        {"task_type": "retrieval", "instruction": "找到答案。", "query": "黑麦面团要发酵多久？",
+         "positive": "黑麦面团在室温下发酵大约九十分钟。", "negatives": [], "language": "zh", "source": "synthetic",
+         "persona": "一位面包师", "metadata": "{}"},
+    ]
+    generated = StageResult(stage="generate", out_dir=tmp_path / "generate",
+                            outputs=[write_examples(synth, tmp_path / "generate.parquet")], counts={"accepted": 4})
+    cfg = IngestConfig(datasets=[DatasetSource(name="mix", path=f, format="pairs")],
+                       decontamination={"tasks": [{"name": "STSBenchmark", "path": shared_data / "stsb_en"}]})
+    assert with_stage_examples(cfg, [StageResult(stage="generate", out_dir=tmp_path, info={"disabled": True})]) is cfg
+    r = run_ingest(with_stage_examples(cfg, [generated]), tmp_path / "out")
+    s = r.info["per_source"]["synthetic"]
+    assert s["format"] == "examples" and s["rows_read"] == 4 and s["examples"] == 2
+    assert sum(s["deduplicated"].values()) == 1 and s["decontaminated"] == {"STSBenchmark": 1}
+    kept = [x for x in read_examples(r.parquet_files()).to_pylist() if x["source"] == "synthetic"]
+    assert {(x["persona"], x["language"], x["instruction"]) for x in kept} == {
+        ("a baker", "en", "Find the recipe."), ("一位面包师", "zh", "找到答案。")}
+    assert json.loads(next(x for x in kept if x["persona"] == "a baker")["metadata"])["template"] == "retrieval"
+    assert r.info["per_source"]["mix"]["examples"] == 60  # the open copy is the one kept

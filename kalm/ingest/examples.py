@@ -126,13 +126,16 @@ def to_schema(table: pa.Table, src: DatasetSource, task_type: str, detect_langua
         language = [detect_language(f"{q} {p}") for q, p in zip(q_list, p_list)]
     else:
         language = [src.language] * n
+    if "language" in names:  # rows that name their own language (the examples format) keep it
+        language = [own or lang for own, lang in zip(table.column("language").to_pylist(), language)]
+    persona = table.column("persona").cast(pa.string()) if "persona" in names else pa.nulls(n, pa.string())
     ids = [example_id(src.name, t, q, p) for t, q, p in zip(tt, q_list, p_list)]
     return pa.table({
         "id": pa.array(ids, pa.string()), "task_type": pa.array(tt, pa.string()),
         "instruction": pa.array(instr, pa.string()), "query": query, "positive": positive,
         "negatives": table.column("negatives").combine_chunks().cast(pa.list_(pa.string())),
         "language": pa.array(language, pa.string()), "source": pa.array([src.name] * n, pa.string()),
-        "persona": pa.nulls(n, pa.string()), "metadata": pa.array(metadata, pa.string()),
+        "persona": persona, "metadata": pa.array(metadata, pa.string()),
         # where each example came from, for messages; the shard writer keeps only the schema's columns
         "_row": table.column("_row"), "_file": table.column("_file"),
     })

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from kalm.ingest.config import DatasetSource, IngestConfig
 from kalm.ingest.decontaminate import Decontaminator, decontamination_report
@@ -124,6 +124,31 @@ def _named(src: DatasetSource):
         if str(e).startswith(f"dataset {src.name!r}"):
             raise
         raise IngestError(f"dataset {src.name!r}: {e}") from None
+
+
+# The source name of each earlier stage's examples (generation's examples say "synthetic").
+STAGE_SOURCE = {"generate": "synthetic"}
+
+
+def with_stage_examples(cfg: IngestConfig, stages: Sequence[StageResult]) -> IngestConfig:
+    """``cfg`` plus one dataset (format ``examples``) per example file of the earlier ``stages``
+    (the synthetic data), so that those examples are deduplicated against the open datasets and
+    decontaminated against the evaluation tasks like them. They come after the open datasets: a
+    synthetic example that repeats an open one is the copy removed. A stage that was disabled or
+    kept no example adds nothing."""
+    taken = {d.name for d in cfg.datasets}
+    extra = []
+    for r in stages:
+        if r.info.get("disabled") or not r.counts.get("accepted", 1):
+            continue
+        files = r.example_files()
+        for i, f in enumerate(files):
+            name = STAGE_SOURCE.get(r.stage, r.stage) + (f"-{i}" if len(files) > 1 else "")
+            while name in taken:  # a user dataset of that name keeps it
+                name += "-" + r.stage
+            taken.add(name)
+            extra.append(DatasetSource(name=name, path=f, format="examples"))
+    return cfg.model_copy(update={"datasets": [*cfg.datasets, *extra]}) if extra else cfg
 
 
 def run_ingest(cfg: IngestConfig, out: Path, progress: Progress | None = None) -> StageResult:

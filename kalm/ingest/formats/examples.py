@@ -4,7 +4,8 @@
 
 Rows are checked like every format's (null/blank/list fields dropped by reason); ``task_type``
 must be one of kalm's task types (``dropped.task_type_unknown`` otherwise); ``metadata`` (a JSON
-object or its text) is kept and extended; ids are recomputed from the content and source.
+object or its text) is kept and extended; a row's ``language`` and ``persona`` are kept (the
+dataset's ``language`` fills a missing one); ids are recomputed from the content and source.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ class ExamplesMapper(Mapper):
         chk.drop("task_type_unknown", ~np.asarray(pc.fill_null(pc.is_in(tt, value_set=pa.array(list(TASK_TYPES))), True)))
         instr = chk.text("instruction", required=False)
         lang = chk.text("language", required=False)
+        persona = chk.text("persona", required=False)
         meta = batch.table.column("metadata").combine_chunks() if "metadata" in batch.table.column_names else None
         keep = chk.keep()
-        q, p, negs, tt, instr, lang, rows = filter_all(keep, q, p, negs, tt, instr, lang, batch.rows)
-        extra = {"task_type": tt, "instruction": instr}
+        q, p, negs, tt, instr, lang, persona, rows = filter_all(keep, q, p, negs, tt, instr, lang, persona,
+                                                                batch.rows)
+        # Rows of an earlier kalm stage (synthetic data) keep their own language and persona.
+        extra = {"task_type": tt, "instruction": instr, "language": lang, "persona": persona}
         if meta is not None:
             meta = meta.filter(pa.array(keep))
             extra["_metadata"] = pa.array([_meta(m) for m in meta.to_pylist()], pa.string())
