@@ -165,18 +165,29 @@ def test_gate_edge_cases(tmp_path):
 
 def test_gate_replaces_a_promoted_model_whose_folder_was_deleted(tmp_path):
     """Case 13: a user deletes the promoted run's folder to free disk; the registry must not keep
-    pointing at it, and the next model is judged as the first one, saying what was gone."""
-    first = tmp_path / "runs" / "first" / "train" / "model"
-    first.mkdir(parents=True)
-    gate(summary({"STSBenchmark": 0.80}), str(first), "first", tmp_path, 0.0)
-    assert load_registry(tmp_path)["current"]["model"] == str(first.resolve())
-    second = tmp_path / "runs" / "second" / "train" / "model"
-    second.mkdir(parents=True)
+    pointing at it, the next model is judged against the latest promoted model that still exists
+    (or as the first), and nothing recorded points into the deleted folder."""
+    def model(run):
+        path = tmp_path / "runs" / run / "train" / "model"
+        path.mkdir(parents=True)
+        return str(path)
+
+    gate(summary({"STSBenchmark": 0.70}), model("zero"), "zero", tmp_path, 0.0)
+    first = model("first")
+    gate(summary({"STSBenchmark": 0.80}), first, "first", tmp_path, 0.0)
+    assert load_registry(tmp_path)["current"]["model"] == str(Path(first).resolve())
+    second = model("second")
     # while the first model exists, a worse one is not promoted
-    assert not gate(summary({"STSBenchmark": 0.70}), str(second), "second", tmp_path, 0.0)["promoted"]
+    assert not gate(summary({"STSBenchmark": 0.75}), second, "second", tmp_path, 0.0)["promoted"]
     shutil.rmtree(tmp_path / "runs" / "first")
-    d = gate(summary({"STSBenchmark": 0.70}), str(second), "second", tmp_path, 0.0)
-    assert d["promoted"] and d["replaced_missing"] == str(first.resolve())
-    assert d["reason"].startswith(f"the promoted model {first.resolve()} (run first) no longer exists")
+    d = gate(summary({"STSBenchmark": 0.75}), second, "second", tmp_path, 0.0)
+    assert d["promoted"] and d["replaced_missing_run"] == "first" and d["current_average"] == pytest.approx(0.70)
+    assert d["reason"].startswith("the promoted model of run first no longer exists (its folder was deleted); "
+                                  "judged against the latest promoted model that still exists (run zero): promoted")
+    assert "runs/first" not in json.dumps(d) and "runs/first" not in json.dumps(load_registry(tmp_path)["current"])
     current = load_registry(tmp_path)["current"]
     assert current["run_id"] == "second" and Path(current["model"]).exists()
+    # nothing promoted exists any more: judged as the first model
+    shutil.rmtree(tmp_path / "runs")
+    alone = gate(summary({"STSBenchmark": 0.1}), model("third"), "third", tmp_path, 0.0)
+    assert alone["promoted"] and "no earlier promoted model exists either" in alone["reason"]

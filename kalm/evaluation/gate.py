@@ -8,7 +8,8 @@ Rule: compare averages on the tasks both models were scored on; promote unless t
 is more than ``margin`` below the current model's. The first model is promoted; a model sharing
 no task with the current one is not (nothing shows it is as good: score it on those tasks). A
 current model whose folder was deleted since (a user freeing disk by removing an old run) can no
-longer be served: the next model is judged as the first one, and the reason says what was gone.
+longer be served: the next model is judged against the latest promoted model that still exists (or
+as the first one), and the reason names the run whose model was gone.
 """
 
 from __future__ import annotations
@@ -131,12 +132,20 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             # Re-deciding the current run: compare with what was current before it.
             earlier = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") != run_id]
             current = earlier[-1] if earlier else None
-        gone = _missing_model(current)
-        decision = decide(scores, None if gone else current, margin)
-        if gone:
-            decision = {**decision, "replaced_missing": gone,
-                        "reason": (f"the promoted model {gone} (run {current.get('run_id')}) no longer exists, so "
-                                   f"it cannot be served or compared; {decision['reason']}")}
+        gone_run = current.get("run_id") if _missing_model(current) else None
+        if gone_run is not None:
+            # Judge against the latest promoted model that still exists (none: as the first model).
+            alive = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") not in (run_id, gone_run)
+                     and not _missing_model(h)]
+            current = alive[-1] if alive else None
+        decision = decide(scores, current, margin)
+        if gone_run is not None:
+            # Named by run id only: nothing recorded points into the deleted folder.
+            then = (f"judged against the latest promoted model that still exists (run {current.get('run_id')})"
+                    if current else "no earlier promoted model exists either, so this one is judged as the first")
+            decision = {**decision, "replaced_missing_run": gone_run,
+                        "reason": f"the promoted model of run {gone_run} no longer exists (its folder was deleted); "
+                                  f"{then}: {decision['reason']}"}
         flags = run_flags(runs_dir, run_id)
         if flags:
             decision = {**decision, "flags": flags,
