@@ -115,14 +115,14 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
     """Score the trained model, its starting point and any baselines on the same tasks."""
     gone = missing_inputs(store, "evaluate", [trained])
     if gone:
-        store.record_stage("evaluate", status="failed", error=f"MissingInputError: {gone}")
+        store.record_stage("evaluate", fresh=True, status="failed", error=f"MissingInputError: {gone}")
         raise StageFailed(f"stage 'evaluate' failed: MissingInputError: {gone}")
     models = {"trained": str(trained.output("model"))}
     if cfg.evaluate.evaluate_base:
         models = {"base": cfg.train.student, **models}
     for ref in cfg.evaluate.baselines:
         models.setdefault(ref.removeprefix("pkg:"), ref)
-    store.record_stage("evaluate", status="running", models=models)
+    store.record_stage("evaluate", fresh=True, status="running", models=models)
     start = time.perf_counter()
     scores: dict[str, dict[str, Any]] = {}
     try:

@@ -67,7 +67,7 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
               config_hash: str = "", upstream: list[StageResult] | None = None, **kwargs: Any) -> StageResult:
     """Call ``call`` (a Prefect task or subflow) for ``stage`` with ``kwargs`` and record it in the manifest;
     ``upstream`` are the results it depends on (their content hashes are recorded)."""
-    store.record_stage(stage, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    store.record_stage(stage, fresh=True, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                        config_hash=config_hash, input_hashes=[r.content_hash() for r in upstream or []])
     start = time.perf_counter()
     gone = missing_inputs(store, stage, upstream or [])

@@ -181,11 +181,14 @@ class RunStore:
             atomic_write_json(self.manifest_path, m)
             return m
 
-    def record_stage(self, stage: str, **entry: Any) -> dict[str, Any]:
-        """Merge ``entry`` into ``manifest["stages"][stage]`` and rewrite atomically."""
+    def record_stage(self, stage: str, fresh: bool = False, **entry: Any) -> dict[str, Any]:
+        """Merge ``entry`` into ``manifest["stages"][stage]`` and rewrite atomically; ``fresh`` starts
+        the stage's entry anew (a new attempt: nothing of an earlier attempt's counts or result stays)."""
         with self._lock:
             m = self.read_manifest()
             stages = m.setdefault("stages", {})
+            if fresh:
+                stages[stage] = {}
             stages.setdefault(stage, {}).update(entry)
             m["updated_at"] = _dt.datetime.now().isoformat(timespec="seconds")
             atomic_write_json(self.manifest_path, m)

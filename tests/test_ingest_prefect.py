@@ -181,3 +181,23 @@ def test_a_data_error_fails_its_stage_with_the_message_alone(tmp_path):
     assert not m["stages"]["ingest"].get("log_tail")
     report = (runs / "bad" / "report.md").read_text()
     assert "no column 'positive'" in report and "Traceback" not in report
+
+
+def test_a_failed_attempt_keeps_nothing_of_the_earlier_successful_one(tmp_path):
+    """Case 13 B's report showed the failed train stage with the earlier training's steps and loss: a
+    stage's manifest entry describes its latest attempt only."""
+    from flows.stage_runner import StageFailed, run_stage
+    from kalm.store import RunStore
+
+    store = RunStore(tmp_path / "runs", "r")
+    store.record_stage("train", status="done", counts={"steps": 4}, metrics={"final_loss": 0.0049},
+                       result={"stage": "train"}, compute_seconds=3.0)
+
+    def fails(**_):
+        raise DataError("train: 0 examples left after ingest and filter")
+
+    with pytest.raises(StageFailed, match="0 examples left"):
+        run_stage(store, "train", fails)
+    entry = store.read_manifest()["stages"]["train"]
+    assert entry["status"] == "failed" and entry["error"].startswith("DataError: train: 0 examples")
+    assert not {"counts", "metrics", "result", "compute_seconds"} & set(entry), entry
