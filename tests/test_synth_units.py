@@ -270,3 +270,20 @@ def test_vllm_backend_generates_schema_valid_json():  # on a GPU machine with vl
     raws = backend.generate([[{"role": "user", "content": "Write a query, a positive and a hard negative."}]] * 4,
                             json_schema(ExampleAnswer), 96, 0.0, 0)
     assert sum(parse(r, ExampleAnswer)[0] is not None for r in raws) >= 3
+
+
+def test_low_yield_rule_keeping_nothing_is_low_unless_the_check_is_off():
+    """min_yield is a fraction of the examples asked for; keeping none is low at any positive value (even
+    one asked for, where 5 % of it rounds to nothing), and min_yield 0 turns the check off (CI once failed
+    a test that set 0 to allow an all-rejected shard)."""
+    from kalm.synth.generate import low_yield
+
+    def stats(asked, accepted):
+        return {"asked": asked, "accepted": accepted, "dropped": {"copied_prompt": asked - accepted}}
+
+    on, off = GenerateConfig(min_yield=0.05), GenerateConfig(min_yield=0.0)
+    assert low_yield(on, stats(1, 0)).startswith("generation kept 0 of 1 examples asked for (0.0% < generate.min_yield 0.05)")
+    assert "drops: copied_prompt 1" in low_yield(on, stats(1, 0))
+    assert low_yield(on, stats(100, 4)) is not None and low_yield(on, stats(100, 5)) is None
+    assert low_yield(off, stats(1, 0)) is None and low_yield(off, stats(100, 0)) is None
+    assert low_yield(on, stats(0, 0)) is None  # nothing asked (no personas planned): nothing to judge

@@ -116,7 +116,8 @@ class GenerateConfig(Strict):
         None, gt=0, description="safety cap: no new shard starts after this many seconds; a truncated result is "
         "recorded as such and an unchanged rerun serves it from the cache (raise the cap to finish it)")
     min_yield: float = Field(0.05, ge=0, le=1, description="accepted examples / examples asked for, below which "
-                                                           "the stage fails (or is flagged, see on_low_yield)")
+                                                           "the stage fails (or is flagged, see on_low_yield); keeping "
+                                                           "nothing is low at any value above 0; 0 turns the check off")
     on_low_yield: Literal["fail", "flag"] = "fail"
     prompts_dir: Optional[Path] = Field(None, description="template folder (default: kalm/synth/prompts)")
     near_dup_threshold: float = Field(0.9, gt=0, le=1, description="MinHash Jaccard above which two examples are duplicates")

@@ -251,9 +251,12 @@ def _rejected_hint(shards: list[StageResult]) -> str:
 
 
 def low_yield(cfg: GenerateConfig, stats: dict[str, Any]) -> Optional[str]:
-    """A message when fewer than ``min_yield`` of the examples asked for were kept, else None."""
+    """A message when fewer than ``min_yield`` of the examples asked for were kept, else None.
+
+    A run that keeps nothing is low-yield at any positive ``min_yield``, however few it asked for;
+    ``min_yield: 0`` turns the check off (a run that may keep nothing, e.g. a tiny rehearsal)."""
     asked, accepted = stats["asked"], stats["accepted"]
-    if asked == 0 or accepted >= cfg.min_yield * asked and accepted > 0:
+    if asked == 0 or cfg.min_yield == 0 or accepted > 0 and accepted >= cfg.min_yield * asked:
         return None
     top = sorted(stats["dropped"].items(), key=lambda kv: -kv[1])[:3]
     reasons = ", ".join(f"{k} {v}" for k, v in top) or "no answers"
