@@ -50,15 +50,14 @@ def record_failure(store: RunStore, stage: str, error: Exception, start: float) 
     A fault in the inputs (a ``DataError``) is told by its message (file, row, field, fix): no traceback
     in the manifest and report, and the caller raises it ``from None``; anything else keeps its traceback.
     """
-    from kalm.errors import DataError
-
     store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
                        error=f"{type(error).__name__}: {error}",
-                       log_tail=None if isinstance(error, DataError) else traceback.format_exc()[-3000:])
+                       log_tail=None if is_data_fault(error) else traceback.format_exc()[-3000:])
     return StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}")
 
 
 def is_data_fault(error: Exception) -> bool:
+    """A fault in the inputs (``kalm.errors.DataError``): retrying or a traceback would not help."""
     from kalm.errors import DataError
 
     return isinstance(error, DataError)

@@ -110,3 +110,14 @@ def test_synthetic_examples_are_deduplicated_against_open_data_and_decontaminate
         ("a baker", "en", "Find the recipe."), ("一位面包师", "zh", "找到答案。")}
     assert json.loads(next(x for x in kept if x["persona"] == "a baker")["metadata"])["template"] == "retrieval"
     assert r.info["per_source"]["mix"]["examples"] == 60  # the open copy is the one kept
+    # A generation that kept nothing (an empty examples file) is a row of 0, not a failure.
+    from kalm.schema import SCHEMA
+
+    empty = tmp_path / "empty.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(SCHEMA.empty_table(), empty)
+    nothing = StageResult(stage="generate", out_dir=tmp_path, outputs=[empty], counts={"accepted": 0})
+    r0 = run_ingest(with_stage_examples(cfg, [nothing]), tmp_path / "out0")
+    assert r0.info["per_source"]["synthetic"]["rows_read"] == 0 == r0.info["per_source"]["synthetic"]["examples"]
+    assert r0.info["per_source"]["mix"]["examples"] == 60

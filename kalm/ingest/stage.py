@@ -134,12 +134,12 @@ def with_stage_examples(cfg: IngestConfig, stages: Sequence[StageResult]) -> Ing
     """``cfg`` plus one dataset (format ``examples``) per example file of the earlier ``stages``
     (the synthetic data), so that those examples are deduplicated against the open datasets and
     decontaminated against the evaluation tasks like them. They come after the open datasets: a
-    synthetic example that repeats an open one is the copy removed. A stage that was disabled or
-    kept no example adds nothing."""
+    synthetic example that repeats an open one is the copy removed. A disabled stage adds nothing;
+    one that kept no example adds its empty file (the report's ingest table shows its 0 rows)."""
     taken = {d.name for d in cfg.datasets}
     extra = []
     for r in stages:
-        if r.info.get("disabled") or not r.counts.get("accepted", 1):
+        if r.info.get("disabled"):
             continue
         files = r.example_files()
         for i, f in enumerate(files):
