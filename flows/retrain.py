@@ -67,7 +67,12 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
 
     def stage(name: str, call, upstream: list[StageResult], **kwargs: Any) -> StageResult:
         if name not in todo:
-            return stored_result(store, name)
+            try:
+                return stored_result(store, name)
+            except StageFailed as e:  # recorded on the first stage asked for: the manifest and report say why
+                store.record_stage(next(s for s in STAGES if s in todo), fresh=True, status="failed",
+                                   error=f"StageFailed: {e}")
+                raise
         return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name), upstream=upstream,
                          **kwargs)
 
@@ -156,7 +161,10 @@ def in_domain_tasks(cfg: RunConfig, ingested: Optional[StageResult] = None) -> s
 def _report_failure(store: RunStore, cfg: RunConfig, report_task) -> None:
     """Write the report even for a failed run: it names the failed stage, its error and log tail."""
     try:
-        report_task(store.read_manifest(), store.read_manifest().get("scores", {}), str(store.root), in_domain_tasks(cfg))
+        manifest = store.read_manifest()
+        # Scores of an evaluate stage that did not finish this time belong to a model that may be gone.
+        finished = manifest.get("stages", {}).get("evaluate", {}).get("status") in ("done", "cached")
+        report_task(manifest, manifest.get("scores", {}) if finished else {}, str(store.root), in_domain_tasks(cfg))
     except Exception:  # the original failure is what matters; never mask it
         pass
 

@@ -70,9 +70,12 @@ def _format_errors(err: ValidationError, source: str) -> str:
             fix = "unknown key: remove it or fix its spelling"
         elif kind == "missing":
             fix = "required: add it"
-        else:
-            fix = e["msg"]
-        lines.append(f"  - {loc}: {fix} (got {e.get('input')!r:.80})" if kind != "missing" else f"  - {loc}: {fix}")
+        else:  # our validators' messages name the setting and the fix; pydantic prefixes them with "Value error, "
+            fix = e["msg"].removeprefix("Value error, ")
+        # The value is worth echoing when it is one setting's; a whole section (a check across its
+        # settings) would be a long, cut-off dump.
+        shown = kind != "missing" and not isinstance(e.get("input"), (dict, list))
+        lines.append(f"  - {loc}: {fix} (got {e.get('input')!r:.80})" if shown else f"  - {loc}: {fix}")
     return "\n".join(lines)
 
 

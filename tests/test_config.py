@@ -68,3 +68,15 @@ def test_unknown_preset_lists_presets():
 def test_matryoshka_weights_must_match_dims(tmp_path):
     with pytest.raises(ConfigError, match="one weight per dimension"):
         load_config(_write(tmp_path, {"train": {"matryoshka_dims": [64, 32], "matryoshka_weights": [1.0]}}))
+
+
+def test_a_check_across_a_section_shows_its_message_without_pydantic_noise(tmp_path):
+    """A section-level check (here generation's token budget against its lengths) is told by its own
+    message: no "Value error," prefix and no cut-off dump of the whole section (case 16's config)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, {"generate": {"max_new_tokens": 16}}))
+    line = next(x for x in str(e.value).splitlines() if x.startswith("  - generate"))
+    assert line.startswith("  - generate: generate.max_new_tokens 16 cannot fit") and "raise max_new_tokens" in line
+    assert "Value error" not in line and "(got {" not in line
+    with pytest.raises(ConfigError, match=r"train\.batch_size: .* \(got 'many'\)"):  # one setting's value is echoed
+        load_config(_write(tmp_path, {"train": {"batch_size": "many"}}))

@@ -121,6 +121,9 @@ def test_gate_promotes_first_then_compares_with_margin(tmp_path):
     within = summary({"STSBenchmark": 0.795, "Banking77Classification": 0.70})  # -0.0025, within margin
     d3 = gate(within, "runs/c/train/model", "c", tmp_path, margin=0.005)
     assert d3["promoted"] and d3["delta"] == pytest.approx(-0.0025) and d3["current_run"] == "c"
+    # The reason states the rule it applied (non-inferiority within the margin), not just the numbers
+    assert d3["reason"] == ("promoted: average 0.7475 on 2 shared task(s) is not worse than the current model's "
+                            "0.7500 (run a) by more than the margin 0.005 (delta -0.0025); it becomes current")
 
     reg = load_registry(tmp_path)
     assert reg["current"]["run_id"] == "c" and reg["current"]["model"] == "runs/c/train/model"

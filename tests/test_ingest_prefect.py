@@ -124,6 +124,9 @@ def test_ingest_task_cache_follows_content_and_data_errors_run_once(tmp_path, sh
     assert set(out["scores"]["trained"]["cached"]) == {"CaseMiniSTS"}
     summary = json.loads((second / "evaluate" / "trained" / "summary.json").read_text())
     assert summary["model"] == str(second / "train" / "model")
+    # mteb's files in this run name this run's model, not the deleted one whose scores were cached
+    (meta,) = (second / "evaluate" / "trained" / "mteb").rglob("model_meta.json")
+    assert json.loads(meta.read_text())["name"] == "kalm/second-train-model" == f"kalm/{meta.parent.parent.name[6:]}"
 
 
 @pytest.mark.slow
@@ -228,3 +231,34 @@ def test_evaluate_with_its_model_deleted_fails_like_any_stage(tmp_path):
     assert e.value.__cause__ is None and e.value.__suppress_context__
     entry = store.read_manifest()["stages"]["evaluate"]
     assert entry["status"] == "failed" and entry["error"].startswith("MissingInputError:") and not entry.get("log_tail")
+
+
+def test_only_evaluate_without_a_finished_train_is_recorded_on_evaluate(tmp_path):
+    """`--only evaluate` on a run whose train stage failed cannot start; that refusal is the evaluate
+    stage's failure in the manifest and report (helper's case 13 re-run: the manifest kept evaluate
+    `cached` and the report the old scores of a model that no longer exists)."""
+    from flows.retrain import retrain
+    from flows.stage_runner import StageFailed
+    from kalm.stage import StageResult
+
+    config = Path(__file__).resolve().parent.parent.parent / "shared" / "cases" / "13-deleted-run-files" / "config.yaml"
+    if not config.exists():
+        pytest.skip("../shared/cases is absent")
+    runs = tmp_path / "runs"
+    run = runs / "case13-third"
+    done = {name: StageResult(stage=name, out_dir=run / name, info={"disabled": name == "generate"})
+            for name in ("generate", "ingest", "filter")}
+    stages = {k: {"status": "done", "result": r.model_dump(mode="json")} for k, r in done.items()}
+    stages["train"] = {"status": "failed", "error": "MissingInputError: ..."}
+    old = {"trained": {"tasks": {"STSBenchmark": 0.7622}, "average": 0.7622}}
+    stages["evaluate"] = {"status": "cached", "scores": old}
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"run_id": "case13-third", "status": "failed", "stages": stages,
+                                                   "scores": old}))
+    with pytest.raises(StageFailed, match=r"no finished 'train' stage .*--from train"):
+        retrain(config=str(config), run_id="case13-third", overrides={"runs_dir": str(runs)}, only=["evaluate"])
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["stages"]["evaluate"]["status"] == "failed"
+    assert "no finished 'train' stage" in m["stages"]["evaluate"]["error"] and "scores" not in m["stages"]["evaluate"]
+    report = (run / "report.md").read_text()
+    assert "## Failed: evaluate" in report and "0.7622" not in report

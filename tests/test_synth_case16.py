@@ -72,6 +72,8 @@ def test_fenced_answers_are_read_like_plain_ones(server, tmp_path):
 def test_stage_that_keeps_nothing_fails_with_reason_and_sample(tmp_path):
     """Every answer rejected (here: English answers where Chinese was asked for) makes the stage fail,
     naming the count, the reason and a rejected answer; with on_low_yield: flag it goes on, flagged."""
+    from flows.stage_runner import StageFailed, run_stage
+    from kalm.store import RunStore
     from tasks.generate import generate_stage
 
     proc, url = _serve("--fenced")
@@ -79,8 +81,12 @@ def test_stage_that_keeps_nothing_fails_with_reason_and_sample(tmp_path):
         cfg = _cfg(url, languages=["zh"], seed=int(time.time()))
         # The seed (fresh cache keys) also draws each example's lengths, so which check rejects an English
         # answer first (wrong_language, or a length bound) varies: the message must name them and a sample.
-        with pytest.raises(Exception, match=r"generation kept 0 of 4 examples.*drops: [a-z_]+ \d.*first rejected"):
-            generate_stage(cfg, str(tmp_path / "fail"))
+        store = RunStore(tmp_path / "runs", "fail")
+        with pytest.raises(StageFailed, match=r"LowYieldError: generation kept 0 of 4 examples.*drops: [a-z_]+ \d.*"
+                                              r"first rejected") as e:
+            run_stage(store, "generate", generate_stage, cfg=cfg, run_dir=str(store.root))
+        # A judged outcome, not a crash: the message alone, no traceback in the manifest (so none in the report)
+        assert e.value.__cause__ is None and not store.read_manifest()["stages"]["generate"].get("log_tail")
         flagged = generate_stage(cfg.model_copy(update={"on_low_yield": "flag"}), str(tmp_path / "flag"))
     finally:
         proc.terminate()

@@ -90,8 +90,9 @@ def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], 
                            f"is {-delta:.4f} below the current model's {theirs:.4f} (run {current.get('run_id')}), "
                            f"more than the allowed margin {margin}; the current model stays")}
     return {"promoted": True, **common,
-            "reason": (f"promoted: average {mine:.4f} vs the current model's {theirs:.4f} on {len(shared)} shared "
-                       f"task(s) (delta {delta:+.4f}, margin {margin})")}
+            "reason": (f"promoted: average {mine:.4f} on {len(shared)} shared task(s) is not worse than the current "
+                       f"model's {theirs:.4f} (run {current.get('run_id')}) by more than the margin {margin} "
+                       f"(delta {delta:+.4f}); it becomes current")}
 
 
 def _missing_model(entry: Optional[dict[str, Any]]) -> Optional[str]:

@@ -366,4 +366,11 @@ def _restore_mteb_file(entry: dict[str, Any], output: Path, model_ref: str, fp: 
     atomic_write_bytes(path, Path(entry["mteb_result_file"]).read_bytes())
     meta = Path(entry["mteb_result_file"]).with_name("model_meta.json")
     if meta.exists() and not (path.parent / "model_meta.json").exists():
-        atomic_write_bytes(path.parent / "model_meta.json", meta.read_bytes())
+        # The cached scores may come from a byte-identical model at another path (an earlier run, maybe
+        # deleted since): the metadata names this model, as mteb would have written it for this one.
+        import json
+
+        from kalm.store import atomic_write_json
+
+        atomic_write_json(path.parent / "model_meta.json",
+                          {**json.loads(meta.read_text()), "name": name, "revision": revision})

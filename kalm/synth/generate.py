@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+from kalm.errors import DataError
 from kalm.schema import Example, read_examples, write_examples
 from kalm.stage import Progress, StageResult, no_progress
 from kalm.store import atomic_write_json, atomic_write_text, hash_outputs, hash_strings
@@ -40,8 +41,11 @@ KNOB_NAMES = ("query_type", "query_length", "clarity", "difficulty", "num_words"
 REJECT_SAMPLE_PER_REASON = 5  # raw outputs kept per drop reason and shard, for inspection
 
 
-class LowYieldError(RuntimeError):
-    """The generate stage kept fewer examples than ``generate.min_yield`` asks for."""
+class LowYieldError(DataError):
+    """The generate stage kept fewer examples than ``generate.min_yield`` asks for.
+
+    A ``DataError``: the answers were judged, so generating again (a retry) writes the same ones; the
+    message (count, reasons, a rejected sample, the fix) is what the manifest and report show."""
 
 
 def _rejected_sample(rejected: list[dict[str, Any]]) -> str:
