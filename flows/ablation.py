@@ -35,9 +35,11 @@ def ablation(config: str = "cpu-demo", variants: Optional[list[str]] = None,
     unknown = [v for v in chosen if v not in spec.variants]
     if unknown:
         raise ValueError(f"unknown variants {unknown}: choose from {', '.join(spec.variants)}")
-    if spec.reference not in chosen:
-        chosen = [spec.reference, *chosen]  # differences need the reference on the same seeds
+    # Differences need the reference on the same seeds; it runs first in each seed so every partial table pairs.
+    chosen = [spec.reference, *[v for v in chosen if v != spec.reference]]
     seeds = list(seeds if seeds is not None else spec.seeds)
+    if not seeds:
+        raise ValueError("an ablation needs at least one seed")
     raw_datasets = _raw_datasets(config, overrides)
     ablation_id = ablation_id or time.strftime("ablation-%Y%m%d-%H%M%S")
     out_dir = Path(cfg.runs_dir).resolve() / ablation_id
@@ -57,20 +59,33 @@ def ablation(config: str = "cpu-demo", variants: Optional[list[str]] = None,
             scores.setdefault(name, {})[seed] = summary["scores"]["trained"]
             logger.info("%s seed %d: average %.4f (%.0f s)", name, seed, scores[name][seed]["average"],
                         seconds[f"{name}/s{seed}"])
-    table = summarize(scores, spec.reference, spec.confidence)
-    zero_shot = sorted({t for s in scores[spec.reference].values() for t in s["tasks"]} - in_domain_tasks(cfg))
-    labels = {n: spec.variants[n].description for n in chosen}
-    markdown = "# Ablation\n\n" + _base_line(base) + render_markdown(table, labels, zero_shot)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "ablation.md", markdown)
-    atomic_write_json(out_dir / "ablation.json", {"reference": spec.reference, "seeds": seeds, "base": base,
-                                                  "scores": scores, "zero_shot_tasks": zero_shot,
-                                                  "seconds": seconds})
-    plot(table, out_dir / "ablation.png")
+            # Written after every run: an experiment of hours stopped part-way still has its table so far.
+            table, markdown = _write(out_dir, cfg, chosen, seeds, base, scores, seconds)
     _publish(table, markdown)
     return {"ablation_id": ablation_id, "markdown": str(out_dir / "ablation.md"), "seconds": seconds,
             "average": {r["variant"]: r["scores"][AVERAGE].mean for r in table["rows"]},
             "verdicts": {r["variant"]: verdict(r["diff"][AVERAGE]) for r in table["rows"]}}
+
+
+def _write(out_dir: Path, cfg, chosen: list[str], seeds: list[int], base: Optional[dict[str, Any]],
+           scores: dict[str, dict[int, dict[str, Any]]], seconds: dict[str, float]) -> tuple[dict[str, Any], str]:
+    """``ablation.md``, ``ablation.json`` and ``ablation.png`` of the runs finished so far (the
+    reference's seeds first, so every row is paired from the start); returns the table and markdown."""
+    spec = cfg.ablation
+    table = summarize(scores, spec.reference, spec.confidence)
+    zero_shot = sorted({t for s in scores[spec.reference].values() for t in s["tasks"]} - in_domain_tasks(cfg))
+    labels = {n: spec.variants[n].description for n in chosen}
+    done = sum(len(runs) for runs in scores.values())
+    planned = len(chosen) * len(seeds)
+    progress = "" if done == planned else f"Runs finished so far: {done} of {planned}.\n\n"
+    markdown = "# Ablation\n\n" + progress + _base_line(base) + render_markdown(table, labels, zero_shot)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "ablation.md", markdown)
+    atomic_write_json(out_dir / "ablation.json", {"reference": spec.reference, "seeds": seeds, "base": base,
+                                                  "scores": scores, "zero_shot_tasks": zero_shot,
+                                                  "seconds": seconds, "runs_finished": done})
+    plot(table, out_dir / "ablation.png")
+    return table, markdown
 
 
 def _raw_datasets(config: str, overrides: Optional[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,11 +14,14 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from flows.stage_runner import STAGES, StageFailed, check_inputs, is_data_fault, record_failure, run_stage, stored_result
+from flows.stage_runner import (STAGES, StageFailed, check_inputs, quiet_data_faults, record_failure, run_stage,
+                                stored_result)
 from kalm.config import RunConfig
 from kalm.rerun import run_config
 from kalm.stage import StageResult
 from kalm.store import RunStore, new_run_id
+
+quiet_data_faults()  # a bad row is told by its message (file, row, field, fix), not by the flow's traceback
 
 
 def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None) -> set[str]:
@@ -132,7 +135,7 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
                    for label, ref in models.items()}
         scores = {label: f.result() for label, f in futures.items()}
     except Exception as e:
-        raise record_failure(store, "evaluate", e, start) from (None if is_data_fault(e) else e)
+        raise record_failure(store, "evaluate", e, start)
     for label, ref in models.items():  # this run's model, never the path of the run the cached scores came from
         scores[label] = {**scores[label], "model": ref}
     all_cached = all(set(s.get("cached", [])) >= set(s["tasks"]) for s in scores.values())

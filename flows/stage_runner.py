@@ -7,6 +7,7 @@ result whose files were deleted since (someone cleaned ``runs/``) is recomputed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -21,6 +22,28 @@ STAGES = ("generate", "ingest", "filter", "train", "evaluate", "report")
 
 class StageFailed(RuntimeError):
     """A stage raised; the manifest and report already say which and why."""
+
+
+class DataFaultWithoutTraceback(logging.Filter):
+    """Drops the traceback from a log record of a ``StageFailed`` chained to nothing (a data fault).
+
+    Prefect's flow engine logs the exception that ends a flow run with ``logger.exception``; for a
+    fault in the inputs that prints a traceback of the flow's own frames above the message (file,
+    row, field, fix) that is all the user needs. Other failures keep their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, StageFailed) and error.__cause__ is None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_data_faults(logger_name: str = "prefect.flow_runs") -> None:
+    """Install ``DataFaultWithoutTraceback`` on Prefect's flow-run logger (once)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, DataFaultWithoutTraceback) for f in logger.filters):
+        logger.addFilter(DataFaultWithoutTraceback())
 
 
 def _outputs_exist(result: StageResult) -> bool:
@@ -47,16 +70,21 @@ def check_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> No
 def record_failure(store: RunStore, stage: str, error: Exception, start: float) -> StageFailed:
     """Record ``error`` as ``stage``'s failure in the manifest; return the ``StageFailed`` to raise.
 
-    A fault in the inputs (a ``DataError``) is told by its message (file, row, field, fix): no traceback
-    in the manifest and report, and the caller raises it ``from None``; anything else keeps its traceback.
+    Call it in the ``except`` block that caught ``error``. A fault in the inputs (a ``DataError``) is
+    told by its message (file, row, field, fix): no traceback in the manifest and report, and the
+    returned exception is chained to nothing (as ``raise ... from None``); anything else keeps its
+    traceback and is chained to ``error`` (as ``raise ... from error``).
     """
+    data_fault = _is_data_fault(error)
     store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
                        error=f"{type(error).__name__}: {error}",
-                       log_tail=None if is_data_fault(error) else traceback.format_exc()[-3000:])
-    return StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+                       log_tail=None if data_fault else traceback.format_exc()[-3000:])
+    failed = StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+    failed.__cause__, failed.__suppress_context__ = (None if data_fault else error), True
+    return failed
 
 
-def is_data_fault(error: Exception) -> bool:
+def _is_data_fault(error: Exception) -> bool:
     """A fault in the inputs (``kalm.errors.DataError``): retrying or a traceback would not help."""
     from kalm.errors import DataError
 
@@ -110,7 +138,7 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         # A training whose configuration had already finished trained 0 steps: not a new training.
         cached = cached or bool(result.info.get("reused_final_checkpoint"))
     except Exception as e:
-        raise record_failure(store, stage, e, start) from (None if is_data_fault(e) else e)
+        raise record_failure(store, stage, e, start)
     wall = time.perf_counter() - start
     store.record_stage(
         stage, status="skipped" if result.info.get("disabled") else "cached" if cached or source_run else "done",

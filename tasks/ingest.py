@@ -12,8 +12,9 @@ from kalm.stage import StageResult
 from tasks.common import ProgressArtifact, publish_summary, results_dir, retry_unless_data_error, stage_cache_key_fn
 
 
+# log_prints=False: hub datasets are read with `datasets`, whose dill hashing prints (see tasks/evaluate.py).
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_data_error,
-      cache_key_fn=stage_cache_key_fn, persist_result=True, result_storage=results_dir())
+      cache_key_fn=stage_cache_key_fn, persist_result=True, result_storage=results_dir(), log_prints=False)
 def ingest_task(cfg: IngestConfig, run_dir: str, inputs: Sequence[StageResult] = ()) -> StageResult:
     """The open datasets of ``cfg`` and the examples of the earlier stages ``inputs`` (the synthetic
     data: deduplicated and decontaminated with them); cached on the config, the content of the files

@@ -55,3 +55,25 @@ def test_ablation_config_checks_reference_and_seeds():
     with pytest.raises(ValueError, match="repeats a seed"):
         AblationConfig(seeds=[0, 0])
     assert AblationConfig(variants={"full": Variant(), "v": Variant(overrides={"train.seed": 1})}).variants["v"]
+
+
+def test_an_experiment_stopped_part_way_has_its_table_so_far(tmp_path):
+    """flows/ablation.py writes the table after every run: 3 of 14 runs give a paired table that says so."""
+    import json
+
+    from flows.ablation import _write
+    from kalm.config import load_config
+
+    cfg = load_config("cpu-levers", check_paths=False)
+    chosen, seeds = list(cfg.ablation.variants), [0, 1]
+    scores = {"full": {0: _s(0.80, STSBenchmark=0.82, MasakhaNEWSClusteringS2S=0.78),
+                       1: _s(0.81, STSBenchmark=0.83, MasakhaNEWSClusteringS2S=0.79)},
+              "no-filter": {0: _s(0.79, STSBenchmark=0.80, MasakhaNEWSClusteringS2S=0.78)}}
+    _write(tmp_path, cfg, chosen, seeds, None, scores, {"full/s0": 60.0})
+    md = (tmp_path / "ablation.md").read_text()
+    assert "Runs finished so far: 3 of 14." in md and "MasakhaNEWSClusteringS2S (zero-shot)" in md
+    assert "| no-filter | 1 |" in md and "one seed: no interval" in md
+    assert json.loads((tmp_path / "ablation.json").read_text())["runs_finished"] == 3
+    scores["no-filter"][1] = _s(0.80, STSBenchmark=0.81, MasakhaNEWSClusteringS2S=0.79)
+    _write(tmp_path, cfg, ["full", "no-filter"], seeds, None, scores, {})
+    assert "Runs finished so far" not in (tmp_path / "ablation.md").read_text()  # complete: no progress line

@@ -90,6 +90,7 @@ def test_retrain_end_to_end_then_fully_cached(shared_data, tmp_path_factory):
         "better", "worse", "no effect measured")
     runs = home / "runs"
     result = json.loads((runs / "ab" / "ablation.json").read_text())
+    assert result["runs_finished"] == 4
     assert result["scores"]["full"]["0"]["tasks"] == manifest["scores"]["trained"]["tasks"]
     full = json.loads((runs / "ab-full-s0" / "manifest.json").read_text())
     assert {s["status"] for s in full["stages"].values()} <= {"cached", "skipped"}, full["stages"]

@@ -4,6 +4,7 @@ task, mteb files in every run folder, report and gate artifacts."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def _tiny_tasks(shared_data: Path, root: Path) -> Path:
     return root
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.mark.slow
 def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monkeypatch):
     monkeypatch.setenv("KALM_CACHE", str(tmp_path / "kalm-cache"))
@@ -34,7 +44,7 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
     cfg = EvaluateConfig(tasks=[EvalTask(name="STSBenchmark", local="stsb_en"), EvalTask(name="my_sts", local="my_sts")])
     runs = tmp_path / "runs"
 
-    @flow(name="eval-test")
+    @flow(name="eval-test", log_prints=True)  # as the ablation flow: prints inside scoring must stay unlogged
     def run(run_id: str, fan_out: bool) -> dict:
         c = cfg.model_copy(update={"fan_out": fan_out})
         s = evaluate_task(minilm_ref, c, str(data), str(runs / run_id), "base")
@@ -42,7 +52,14 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
         decision = gate_task(c, s, minilm_ref, str(runs / run_id), str(runs))
         return {"summary": s, "report": str(report), "gate": decision}
 
-    first = run("r1", fan_out=False)
+    logged = _Records()
+    logging.getLogger("prefect.task_runs").addHandler(logged)
+    try:
+        first = run("r1", fan_out=False)
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(logged)
+    # dill (through mteb's `datasets`) disassembles functions into a captured stdout; none of it is logged.
+    assert logged.messages and not [m for m in logged.messages if "LOAD_GLOBAL" in m or "RESUME" in m]
     s1 = first["summary"]
     assert set(s1["tasks"]) == {"STSBenchmark", "my_sts"} and s1["cached"] == []
     assert first["gate"]["promoted"]

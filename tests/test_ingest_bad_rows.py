@@ -72,6 +72,16 @@ def test_case01_list_where_one_text_belongs_fails_before_any_work(cases, tmp_pat
     assert "field 'positive' (column 'pos') holds a list" in msg and "format: flagembedding" in msg
     assert not list((tmp_path / "out").glob("*.parquet"))  # nothing written
     assert isinstance(e.value, DataError)  # never retried
+    assert "drop a `fields:` mapping of them" in msg
+
+    # Following the hint with the old mapping kept is refused with the fix; without it, every positive is text.
+    ds = cfg.ingest.datasets[0].model_dump()
+    with pytest.raises(ValueError, match=r"format 'flagembedding' has no field\(s\) \['negatives', 'positive'\].*"
+                                         r"Fix: map only fields whose column has another name"):
+        DatasetSource(**{**ds, "format": "flagembedding"})
+    src = DatasetSource(**{**ds, "format": "flagembedding", "fields": {}})
+    rows = read_examples(run_ingest(IngestConfig(datasets=[src]), tmp_path / "fe").parquet_files()).to_pylist()
+    assert len(rows) == 7 and not any(r["positive"].startswith("[") for r in rows)  # row 2 has two positives
 
 
 def test_case05_non_utf8_file_names_file_line_and_byte(cases, tmp_path):

@@ -129,7 +129,8 @@ def test_scheduler_cuda_visible_devices_is_respected(tmp_path, monkeypatch):
     ({"generate.max_workers": 2, "generate.task_runner": "threads"},
      "data_parallel_size 2 runs one vLLM engine per GPU group.*not 'threads'"),
     ({"generate.max_workers": 2, "generate.max_new_tokens": 1024},
-     "generate.max_new_tokens 1024 cannot fit the longest retrieval answer.*knobs.num_words 400.*1592 tokens"),
+     "generate.max_new_tokens 1024 cannot fit the longest retrieval answer.*query of up to \\d+ words, "
+     "positive \\(document\\) of up to \\d+ words, hard_negative \\(document\\).*knobs.num_words 400.*1592 tokens"),
     ({"generate.max_workers": 2, "generate.vllm.data_parallel_size": 1},
      "generate.max_workers 2 with generate.vllm.data_parallel_size 1"),
 ])

@@ -36,7 +36,7 @@ class FilterConfig(Strict):
     teacher_kind: Literal["transformer", "static"] = Field(
         "transformer", description="'static': a model2vec static-embedding model distilled once, offline, from the "
                                    "teacher (token vectors, no transformer at encode time: ~100x faster on CPUs), "
-                                   "for a first pass over huge corpora; README gives its recall cost")
+                                   "for a first pass over huge corpora; README (Results) gives its recall cost")
     static_dims: int = Field(256, ge=8, description="PCA dimensions of the distilled static teacher")
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(256, ge=8)

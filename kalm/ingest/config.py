@@ -80,8 +80,10 @@ class DatasetSource(Strict):
         if known is not None and self.format != "auto":
             unknown = sorted(set(self.fields) - set(known))
             if unknown:
+                fix = (f"map only fields whose column has another name (fields: {{{sorted(known)[0]}: <column>}}); "
+                       f"a column named like its field needs no mapping" if known else "drop the fields: mapping")
                 raise ValueError(f"dataset {self.name!r}: format {self.format!r} has no field(s) {unknown}; "
-                                 f"its fields are {sorted(known) or 'fixed (no fields: mapping)'}")
+                                 f"its fields are {sorted(known) or 'fixed (no fields: mapping)'}. Fix: {fix}")
         return self
 
     def source_label(self) -> str:

@@ -118,7 +118,8 @@ def longest_answer(cfg: GenerateConfig) -> tuple[str, int, str]:
     for t in example_types(cfg):
         tokens = answer_tokens(cfg, t, longest)
         if tokens > best[1]:
-            parts = [f"{k} of up to {word_bounds(cfg, k, longest)[1]} words" for k in KINDS[t]]
+            parts = [f"{field}{'' if kind == field else f' ({kind})'} of up to "
+                     f"{word_bounds(cfg, kind, longest)[1]} words" for field, kind in zip(FIELDS, KINDS[t])]
             why = ", ".join(parts) + (f" (knobs.num_words {longest})" if "document" in KINDS[t] else "")
             best = (t, tokens, why)
     return best

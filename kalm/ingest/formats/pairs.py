@@ -13,8 +13,9 @@ from kalm.ingest.examples import mapped_table
 from kalm.ingest.formats.base import Mapper, filter_all
 
 LIST_FIX = ("`format: pairs` takes one positive text per row. For BGE/FlagEmbedding files (query, pos [...], "
-            "neg [...]) use `format: flagembedding` (one example per positive); for query/positive [...]/negative "
-            "[...] rows use `format: reranking`")
+            "neg [...]) use `format: flagembedding` (one example per positive; it reads the columns query, pos and "
+            "neg, so drop a `fields:` mapping of them); for query/positive [...]/negative [...] rows use "
+            "`format: reranking`")
 
 
 class PairsMapper(Mapper):
