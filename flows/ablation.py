@@ -23,7 +23,7 @@ from kalm.config import load_config, preset_path
 from kalm.store import atomic_write_json, atomic_write_text
 
 
-@flow(name="ablation", log_prints=True)
+@flow(name="ablation")
 def ablation(config: str = "cpu-demo", variants: Optional[list[str]] = None,
              overrides: Optional[dict[str, Any]] = None, ablation_id: Optional[str] = None,
              seeds: Optional[list[int]] = None) -> dict[str, Any]:

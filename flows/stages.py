@@ -18,26 +18,26 @@ def _only(stage: str, run_id: str, config: str, overrides: Optional[dict[str, An
     return retrain.fn(config=config, run_id=run_id, overrides=overrides, only=[stage])
 
 
-@flow(name="generate-stage", log_prints=True)
+@flow(name="generate-stage")
 def generate(run_id: str, config: str = "cpu-demo", overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return _only("generate", run_id, config, overrides)
 
 
-@flow(name="ingest-stage", log_prints=True)
+@flow(name="ingest-stage")
 def ingest(run_id: str, config: str = "cpu-demo", overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return _only("ingest", run_id, config, overrides)
 
 
-@flow(name="filter-stage", log_prints=True)
+@flow(name="filter-stage")
 def filter_(run_id: str, config: str = "cpu-demo", overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return _only("filter", run_id, config, overrides)
 
 
-@flow(name="train-stage", log_prints=True)
+@flow(name="train-stage")
 def train(run_id: str, config: str = "cpu-demo", overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return _only("train", run_id, config, overrides)
 
 
-@flow(name="evaluate-stage", log_prints=True)
+@flow(name="evaluate-stage")
 def evaluate(run_id: str, config: str = "cpu-demo", overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     return _only("evaluate", run_id, config, overrides)

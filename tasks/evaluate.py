@@ -35,9 +35,10 @@ def eval_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     ])
 
 
-# log_prints=False even under a flow that logs prints (the ablation): mteb's `datasets` hashes functions
-# with dill, which reads their globals from `dis.dis` printed into a captured stdout. Prefect's print
-# logging took those prints, so each scored model logged ~300 lines of bytecode and dill saw no globals.
+# log_prints=False: no kalm flow logs prints (none of our code prints; a library's prints are not logs),
+# and this task stays quiet even where PREFECT_LOGGING_LOG_PRINTS turns it on: mteb's `datasets` hashes
+# functions with dill, which reads their globals from `dis.dis` printed into a captured stdout; Prefect's
+# print logging took those prints, so each scored model logged ~300 lines of bytecode and dill saw no globals.
 @task(name="score", retries=1, retry_delay_seconds=10, cache_key_fn=eval_cache_key, persist_result=True,
       result_storage=results_dir(), task_run_name="score-{label}", log_prints=False)
 def score_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], output: str, label: str,

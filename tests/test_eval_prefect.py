@@ -87,3 +87,19 @@ def test_evaluate_report_gate_in_a_flow(shared_data, minilm_ref, tmp_path, monke
     assert third["tasks"] == s1["tasks"] and sorted(third["cached"]) == ["STSBenchmark", "my_sts"]
     assert "cached_by" not in third
     assert third["average"] == pytest.approx(s1["average"])
+
+
+def test_no_kalm_flow_logs_prints():
+    """None of our code prints; with log_prints a flow would log only libraries' prints (dill's
+    disassembly through `datasets`, tqdm fallbacks) and take stdout from the libraries that read it back."""
+    from prefect import Flow
+
+    import flows.ablation
+    import flows.retrain
+    import flows.stages
+
+    found = [obj for mod in (flows.ablation, flows.retrain, flows.stages) for obj in vars(mod).values()
+             if isinstance(obj, Flow)]
+    assert {f.name for f in found} >= {"ablation", "retrain", "generate-stage", "ingest-stage", "filter-stage",
+                                      "train-stage", "evaluate-stage"}
+    assert [f.name for f in found if f.log_prints] == []
