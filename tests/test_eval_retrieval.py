@@ -95,7 +95,8 @@ def test_case05_non_utf8_task_file_stops_kalm_eval(tmp_path):
     assert "Traceback" not in r.stderr
     err = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(err) == 1, r.stderr[-2000:]
-    assert f"{folder / 'test.jsonl'}:3: byte 0x{lines[2][first_bad]:02x} at byte offset {offset} " in err[0]
+    assert (f"{folder / 'test.jsonl'} line 3, column {first_bad + 1} (byte offset {offset}): "
+            f"byte 0x{lines[2][first_bad]:02x} is not UTF-8") in err[0]
     assert "re-save it as UTF-8" in err[0]
 
 
@@ -103,7 +104,9 @@ def test_bad_rows_name_file_line_and_fix(tmp_path):
     # non-UTF-8 in the first row: found while the folder's kind is detected (only that line is read)
     (tmp_path / "latin").mkdir()
     (tmp_path / "latin" / "test.jsonl").write_bytes(b'{"sentence1": "caf\xe9", "sentence2": "x", "score": 1}\n')
-    with pytest.raises(TaskFolderError, match=r"test.jsonl:1: byte 0xe9 at byte offset 18 .*re-save it as UTF-8"):
+    with pytest.raises(TaskFolderError,
+                       match=r"test.jsonl line 1, column 19 \(byte offset 18\): byte 0xe9 is not UTF-8 .*"
+                             r"re-save it as UTF-8"):
         folder_kind(tmp_path / "latin")
 
     def sts(rows):

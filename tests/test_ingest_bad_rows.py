@@ -87,7 +87,7 @@ def test_case01_list_where_one_text_belongs_fails_before_any_work(cases, tmp_pat
 def test_case05_non_utf8_file_names_file_line_and_byte(cases, tmp_path):
     cfg = load_config(cases / "05-non-utf8-bytes" / "config.yaml")
     with pytest.raises(IngestError, match=r"dataset 'latin1': .*pairs_latin1.jsonl line 1, column 59 \(byte offset 58\): "
-                                          r"bytes e9 are not UTF-8.*Fix: re-save it as UTF-8"):
+                                          r"byte 0xe9 is not UTF-8.*Fix: re-save it as UTF-8"):
         run_ingest(cfg.ingest, tmp_path / "out")
 
 

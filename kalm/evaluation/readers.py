@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from kalm.errors import not_utf8_message
 from kalm.evaluation.errors import TaskFolderError
 
 # Rows per Arrow record batch when a corpus is converted (bounds memory while converting).
@@ -38,11 +39,8 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                bad = raw[e.start:e.start + 1].hex()
-                raise TaskFolderError(
-                    f"{path}:{n}: byte 0x{bad} at byte offset {offset + e.start} (column {e.start + 1} of the line) "
-                    f"is not UTF-8; the file is not UTF-8 (e.g. Latin-1/Windows-1252 from a spreadsheet): "
-                    f"re-save it as UTF-8") from None
+                raise TaskFolderError(not_utf8_message(path, n, e.start + 1, offset + e.start,
+                                                       raw[e.start:e.end], e.reason)) from None
             offset += len(raw)
             if n == 1 and text.startswith("\ufeff"):
                 text = text[1:]  # a UTF-8 byte order mark is still UTF-8

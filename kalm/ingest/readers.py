@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from kalm.errors import DataError
+from kalm.errors import DataError, not_utf8_message
 from kalm.ingest.config import DatasetSource
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,8 @@ def _check_utf8(chunk: bytes, first_line: int, offset: int, label: str) -> None:
     except UnicodeDecodeError as e:
         line_start = chunk.rfind(b"\n", 0, e.start) + 1
         line = first_line + chunk.count(b"\n", 0, e.start)
-        bad = chunk[e.start:e.end].hex(" ")
-        raise IngestError(
-            f"{label} line {line}, column {e.start - line_start + 1} (byte offset {offset + e.start}): "
-            f"bytes {bad} are not UTF-8 ({e.reason}). The file is in another encoding (often Latin-1 / "
-            f"Windows-1252 from a spreadsheet). Fix: re-save it as UTF-8, e.g. "
-            f"`iconv -f WINDOWS-1252 -t UTF-8 {label} > fixed.jsonl`"
-        ) from None
+        raise IngestError(not_utf8_message(label, line, e.start - line_start + 1, offset + e.start,
+                                           chunk[e.start:e.end], e.reason)) from None
 
 
 def _row_lines(chunk: bytes, first_line: int) -> np.ndarray:
