@@ -30,7 +30,7 @@ def eval_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     data_dir = Path(parameters["data_dir"]) if parameters.get("data_dir") else None
     return "evaluate-" + hash_strings([
         model_fingerprint(parameters["model_ref"]),
-        task_set_fingerprint(cfg.tasks, cfg.benchmarks, data_dir),
+        task_set_fingerprint(cfg.tasks_with_defaults(), cfg.benchmarks, data_dir),
         f"dim={cfg.matryoshka_dim}",
     ])
 
@@ -49,7 +49,8 @@ def score_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], out
     names = ", ".join(t.name for t in cfg.tasks) or ", ".join(cfg.benchmarks)
     progress = ProgressArtifact(f"evaluate-{label}-progress", f"mteb {label}: {names}"[:120])
     try:
-        return evaluate_model(model_ref, list(cfg.tasks), Path(output), data_dir=Path(data_dir) if data_dir else None,
+        return evaluate_model(model_ref, cfg.tasks_with_defaults(), Path(output),
+                              data_dir=Path(data_dir) if data_dir else None,
                               batch_size=cfg.batch_size, matryoshka_dim=cfg.matryoshka_dim, progress=progress,
                               benchmarks=cfg.benchmarks, corpus_chunk_size=cfg.corpus_chunk_size, refresh=refresh)
     finally:
@@ -68,8 +69,9 @@ def evaluate_task(model_ref: str, cfg: EvaluateConfig, data_dir: Optional[str], 
     out = Path(run_dir) / "evaluate" / label
     ddir = Path(data_dir) if data_dir else None
     if cfg.fan_out:
-        specs = resolve_tasks(cfg.tasks, cfg.benchmarks, ddir)
-        one = [cfg.model_copy(update={"tasks": [EvalTask(name=s.name, local=str(s.folder) if s.folder else None)],
+        specs = resolve_tasks(cfg.tasks_with_defaults(), cfg.benchmarks, ddir)
+        one = [cfg.model_copy(update={"tasks": [EvalTask(name=s.name, local=str(s.folder) if s.folder else None,
+                                                         max_samples=s.max_samples)],
                                       "benchmarks": []}) for s in specs]
         scorer = score_task.with_options(refresh_cache=True) if refresh else score_task
         futures = [scorer.submit(model_ref, c, data_dir, str(out), f"{label}-{c.tasks[0].name}", refresh)

@@ -13,7 +13,8 @@ from kalm.evaluation.run import evaluate_model
 
 
 def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
-                 matryoshka_dim: Optional[int] = None, corpus_chunk_size: int = 50_000) -> dict[str, Any]:
+                 matryoshka_dim: Optional[int] = None, corpus_chunk_size: int = 50_000,
+                 max_samples: Optional[int] = None) -> dict[str, Any]:
     """Score MODEL (a path, ``pkg:<module>`` or hub id) on PATH_OR_NAMES; mteb's files go under ``output``.
 
     Returns ``{"tasks": {"<task>": <main score>, ...}, "average": <x>}`` on mteb's 0-1 scale. How the
@@ -30,7 +31,7 @@ def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
 
     try:
         summary = evaluate_model(model, tasks, Path(output), batch_size=batch_size, matryoshka_dim=matryoshka_dim,
-                                 progress=progress, corpus_chunk_size=corpus_chunk_size)
+                                 progress=progress, corpus_chunk_size=corpus_chunk_size, max_samples=max_samples)
     finally:
         bar.close()
     print(f"model {model}: {summary['loader']}", file=sys.stderr)

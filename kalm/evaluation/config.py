@@ -14,6 +14,9 @@ class EvalTask(Strict):
 
     name: str = Field(..., description="mteb task name, e.g. STSBenchmark (results are filed under it)")
     local: Optional[str] = Field(None, description="folder under data_dir laid out like ../shared/data/<task>")
+    max_samples: Optional[int] = Field(None, ge=1, description="score a seeded subsample of the local folder: at "
+                                       "most this many pairs / texts / sentences per problem / documents per split "
+                                       "(kalm.evaluation.subsample; not comparable to the leaderboard)")
 
     @field_validator("name")
     @classmethod
@@ -35,6 +38,8 @@ class EvaluateConfig(Strict):
     evaluate_base: bool = True
     corpus_chunk_size: int = Field(50_000, ge=1, description="retrieval: documents encoded and scored at once "
                                    "(mteb's chunked search; memory ~ chunk * (dim + queries) * 4 bytes)")
+    max_samples: Optional[int] = Field(None, ge=1, description="default max_samples of every local task that "
+                                       "sets none (a time budget for many tasks, e.g. the CPU demo)")
     fan_out: bool = Field(False, description="one Prefect task per (model, task), spread over the task runner")
 
     @model_validator(mode="before")
@@ -46,6 +51,12 @@ class EvaluateConfig(Strict):
                 "everyone else evaluate it (a kalm export writes them from train.use_instructions and the instruction "
                 "policy; a model mteb registers gets its registered instructions). Delete evaluate.instructions")
         return data
+
+    def tasks_with_defaults(self) -> list[EvalTask]:
+        """``tasks`` with the default ``max_samples`` filled in where a task sets none."""
+        if self.max_samples is None:
+            return list(self.tasks)
+        return [t if t.max_samples else t.model_copy(update={"max_samples": self.max_samples}) for t in self.tasks]
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> "EvaluateConfig":

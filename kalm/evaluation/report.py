@@ -27,8 +27,10 @@ def _num(v: Any) -> Optional[float]:
 
 def score_rows(scores: dict[str, dict[str, Any]], in_domain_tasks: set[str] = frozenset()) -> list[dict[str, Any]]:
     """One row per task (then one per task type average, then the overall average): a column per model,
-    plus ``delta`` = trained - base where both exist. Tasks whose train split was ingested are marked."""
+    plus ``delta`` = trained - base where both exist. Tasks whose train split was ingested are marked, and
+    tasks scored on a subsample (``evaluate.max_samples``) say so."""
     models = [m for m, s in scores.items() if s]
+    sampled = {t: n for m in models for t, n in (scores[m].get("max_samples") or {}).items()}
     tasks = sorted({t for m in models for t in scores[m].get("tasks", {})})
     types: dict[str, str] = {}
     for m in models:
@@ -48,6 +50,7 @@ def score_rows(scores: dict[str, dict[str, Any]], in_domain_tasks: set[str] = fr
 
     for t in tasks:
         label = t + (" (in-domain)" if t in in_domain_tasks else "")
+        label += f" (sample {sampled[t]:,})" if t in sampled else ""
         rows.append(row(label, types.get(t, ""), {m: _num(scores[m].get("tasks", {}).get(t)) for m in models}))
     distinct_types = sorted({types[t] for t in tasks if t in types})
     per_type = [sum(1 for t in tasks if types.get(t) == ty) for ty in distinct_types]
@@ -133,7 +136,8 @@ def _model_lines(models: dict[str, str], scores: dict[str, dict[str, Any]]) -> l
 
 
 def _task_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
-    """What a task left out of its score and why (e.g. retrieval queries without a relevant document)."""
+    """What a task left out of its score and why (e.g. retrieval queries without a relevant document, or the
+    subsample it was scored on)."""
     notes = {}
     for s in scores.values():
         for task, items in (s or {}).get("notes", {}).items():
@@ -141,7 +145,8 @@ def _task_notes(scores: dict[str, dict[str, Any]]) -> list[str]:
                 notes.setdefault((task, note), None)
     if not notes:
         return []
-    return ["Left out of scores (as mteb leaves them out):", "", *[f"- {t}: {n}" for t, n in notes], ""]
+    return ["What each score covers (left out as mteb leaves it out, or subsampled):", "",
+            *[f"- {t}: {n}" for t, n in notes], ""]
 
 
 def _unevaluated_folders(scores: dict[str, dict[str, Any]]) -> list[str]:

@@ -36,16 +36,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TaskSpec:
-    """One task to evaluate: mteb name, local folder (None = mteb's own data from the hub), fingerprint."""
+    """One task to evaluate: mteb name, local folder (None = mteb's own data from the hub), fingerprint
+    and, for a local folder, the subsample size (``kalm.evaluation.subsample``; None = all of it)."""
 
     name: str
     folder: Optional[Path]
     fingerprint: str
+    max_samples: Optional[int] = None
 
     def load(self):
         import mteb
 
-        return load_local_task(self.folder, self.name) if self.folder else mteb.get_task(self.name)
+        if self.folder:
+            return load_local_task(self.folder, self.name, self.max_samples)
+        return mteb.get_task(self.name)
 
 
 # ---------------------------------------------------------------- which tasks
@@ -120,8 +124,13 @@ def resolve_tasks(tasks: Iterable[EvalTask], benchmarks: Iterable[str] = (),
     for t in tasks:
         folder = task_folder(t, data_dir)
         if folder is not None:
-            specs.append(TaskSpec(t.name, folder, f"local:{t.name}:{folder_fingerprint(folder)}"))
+            sample = f":sample{t.max_samples}" if t.max_samples else ""
+            specs.append(TaskSpec(t.name, folder, f"local:{t.name}:{folder_fingerprint(folder)}{sample}",
+                                  t.max_samples))
         else:
+            if t.max_samples:
+                log.warning("task %s: max_samples=%d applies to local task folders only; mteb's task from the "
+                            "hub is scored in full", t.name, t.max_samples)
             if t.local:
                 log.warning("task %s: local folder %r not found under %s; using mteb's task from the hub",
                             t.name, t.local, data_dir)
@@ -171,16 +180,18 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
                    batch_size: int = 64, matryoshka_dim: Optional[int] = None, progress: Optional[Progress] = None,
                    *, benchmarks: Iterable[str] = (), corpus_chunk_size: int = 50_000,
                    cache_dir: Optional[Path] = None, use_cache: bool = True,
-                   refresh: bool = False) -> dict[str, Any]:
+                   refresh: bool = False, max_samples: Optional[int] = None) -> dict[str, Any]:
     """Score ``model_ref`` on ``tasks``; returns ``{"tasks": {name: main score}, "average": x, ...}`` (0-1).
 
     ``tasks`` is a list of ``EvalTask`` or the CLI's PATH_OR_NAMES string. mteb's own result files
     are written under ``output/mteb``; the summary also goes to ``output/summary.json``. Scores
     come from the results cache when the same weights were scored on the same task data before.
     ``refresh`` recomputes every task (and rewrites its cache entry); ``use_cache=False`` neither
-    reads nor writes the cache. Extra keys: ``subsets`` (per-language scores), ``types`` (mteb task type), ``by_type``
-    (average per type), ``seconds`` and ``cached`` (per task), ``notes`` (per task: what was left out of
-    the score and why), ``loader`` (how the model was loaded), ``model``, ``fingerprint``.
+    reads nor writes the cache. ``max_samples``: the subsample size of local tasks that set none
+    (``kalm.evaluation.subsample``; the task's notes say what was kept). Extra keys: ``subsets``
+    (per-language scores), ``types`` (mteb task type), ``by_type`` (average per type), ``seconds`` and
+    ``cached`` (per task), ``notes`` (per task: what was left out of the score and why), ``max_samples``
+    (subsampled local tasks and their size), ``loader`` (how the model was loaded), ``model``, ``fingerprint``.
     """
     from kalm.evaluation.model import choose_loader
     from kalm.evaluation.results import ResultsCache, mteb_version, result_key
@@ -191,6 +202,10 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     if isinstance(tasks, str):
         tasks, more = parse_task_argument(tasks)
         benchmarks += more
+    if max_samples is not None and max_samples < 1:
+        raise EvalTaskError(f"max_samples is {max_samples}: give a positive number of samples per task, or none")
+    if max_samples:
+        tasks = [t if t.max_samples else t.model_copy(update={"max_samples": max_samples}) for t in tasks]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     specs = resolve_tasks(tasks, benchmarks, data_dir)
@@ -241,6 +256,7 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     summary.update(model=model_ref, fingerprint=fp, matryoshka_dim=matryoshka_dim, subsets=subsets,
                    seconds=seconds, cached=cached, mteb_version=mteb_version(), result_keys=keys,
                    local={s.name: str(s.folder) for s in specs if s.folder}, notes=notes,
+                   max_samples={s.name: s.max_samples for s in specs if s.folder and s.max_samples},
                    loader=choice.describe(), loader_kind=choice.loader)
     atomic_write_json(output / "summary.json", summary)
     return summary
@@ -258,7 +274,8 @@ def summarize(scores: dict[str, float], types: dict[str, str]) -> dict[str, Any]
 def combine_summaries(parts: list[dict[str, Any]], model_ref: Optional[str] = None) -> dict[str, Any]:
     """One summary from per-task summaries (the fan-out path), averages recomputed."""
     scores, types = {}, {}
-    extra: dict[str, dict[str, Any]] = {"subsets": {}, "seconds": {}, "local": {}, "result_keys": {}, "notes": {}}
+    extra: dict[str, dict[str, Any]] = {"subsets": {}, "seconds": {}, "local": {}, "result_keys": {}, "notes": {},
+                                        "max_samples": {}}
     cached: list[str] = []
     for p in parts:
         scores.update(p["tasks"])

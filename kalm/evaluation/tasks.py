@@ -360,12 +360,14 @@ def _load_into(task, folder: Path, kind: str, files: dict[str, Path]) -> None:
     task.data_loaded = True
 
 
-def _local_metadata(base_metadata, name: str, kind: str, folder: Path, data_hash: str):
-    """Metadata of a local task (mteb's own when registered, with the local data's path and revision)
-    and the split files it reads."""
+def _local_metadata(base_metadata, name: str, kind: str, folder: Path, data_hash: str,
+                    max_samples: Optional[int] = None):
+    """Metadata of a local task (mteb's own when registered, with the local data's path and revision:
+    ``local-<hash>``, ``-sample<N>`` added for a subsample) and the split files it reads."""
     from mteb.abstasks.task_metadata import TaskMetadata
 
-    dataset = {"path": str(folder), "revision": f"local-{data_hash[:12]}"}
+    revision = f"local-{data_hash[:12]}" + (f"-sample{max_samples}" if max_samples else "")
+    dataset = {"path": str(folder), "revision": revision}
     if base_metadata is not None:
         files = split_files(folder, kind, list(base_metadata.eval_splits))
         update: dict[str, Any] = {"dataset": dataset, "eval_splits": list(files)}
@@ -412,10 +414,24 @@ def _registered_class(name: str):
         return None
 
 
-def load_local_task(folder: Path, name: Optional[str] = None):
+class _LabelsAsArray:
+    """Mixin for classification: mteb 2 passes ``eval_split[label]`` to sklearn's seven metrics per
+    experiment; under datasets 5 that is a lazy ``datasets.Column`` which each metric re-reads row by row
+    (10 experiments x 7 metrics x the test split: half of Banking77's evaluation time). Reading it once
+    into an array gives the same scores."""
+
+    def _calculate_scores(self, y_test, y_pred):
+        import numpy as np
+
+        return super()._calculate_scores(np.asarray(list(y_test)), y_pred)
+
+
+def load_local_task(folder: Path, name: Optional[str] = None, max_samples: Optional[int] = None):
     """An mteb task object whose ``load_data`` reads ``folder`` (nothing is read from the hub).
 
-    After ``load_data``, ``task.kalm_notes`` lists what was left out of the score and why.
+    ``max_samples``: evaluate a seeded subsample of at most that many items per split (pairs, texts,
+    sentences per clustering problem, corpus documents; see ``kalm.evaluation.subsample``). After
+    ``load_data``, ``task.kalm_notes`` lists what was left out of the score and why.
     """
     folder = Path(folder).resolve()
     if not folder.is_dir():
@@ -428,12 +444,16 @@ def load_local_task(folder: Path, name: Optional[str] = None):
                               "fix the task name in the config (or the folder)")
     base = registered or _base_class(kind)
     metadata, files = _local_metadata(registered.metadata if registered else None, name, kind, folder,
-                                      folder_fingerprint(folder))
+                                      folder_fingerprint(folder), max_samples)
 
     def load_data(self, num_proc=None, **kwargs) -> None:  # noqa: ARG001 - mteb's load_data signature
         if self.data_loaded:
             return
         _load_into(self, folder, kind, files)
+        if max_samples:
+            from kalm.evaluation.subsample import subsample_task
+
+            self.kalm_notes.append(subsample_task(self, kind, max_samples))
 
     attrs: dict[str, Any] = {"metadata": metadata, "load_data": load_data, "local_folder": folder, "local_kind": kind,
                              "local_files": files, "kalm_notes": [], "__module__": __name__}
@@ -441,5 +461,6 @@ def load_local_task(folder: Path, name: Optional[str] = None):
         attrs.update(input_column_name="sentences", label_column_name="labels")
     if kind == "pair_classification" and registered is None:
         attrs.update(input1_column_name="sentence1", input2_column_name="sentence2", label_column_name="labels")
-    cls = type(f"Local{base.__name__}", (base,), attrs)
+    bases = (_LabelsAsArray, base) if kind == "classification" else (base,)
+    cls = type(f"Local{base.__name__}", bases, attrs)
     return cls()
