@@ -7,6 +7,8 @@ retries it (``tasks.common.retry_unless_data_error``) and shows its message as i
 
 from __future__ import annotations
 
+import shlex
+
 
 class DataError(ValueError):
     """A fault in the inputs that a retry cannot fix; the message names the file, row, field and fix."""
@@ -22,6 +24,7 @@ def not_utf8_message(path: object, line: int, column: int, offset: int, bad: byt
     ``line``/``column`` are 1-based, ``offset`` is the byte offset in the file of the first bad byte,
     ``bad`` the undecodable bytes and ``reason`` :class:`UnicodeDecodeError`'s."""
     shown = " ".join(f"0x{b:02x}" for b in bad)
+    src, tmp = shlex.quote(str(path)), shlex.quote(f"{path}.utf8")  # a command that pastes as is
     return (f"{path} line {line}, column {column} (byte offset {offset}): byte {shown} is not UTF-8 ({reason}). "
             "The file is in another encoding (often Latin-1 / Windows-1252 from a spreadsheet). Fix: re-save it "
-            f"as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {path} > {path}.utf8 && mv {path}.utf8 {path}`")
+            f"as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {src} > {tmp} && mv {tmp} {src}`")

@@ -121,7 +121,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     from prefect.artifacts import create_table_artifact
 
     from kalm.synth.generate import merge_shards, plan_shards
-    from kalm.synth.personas import load_personas
+    from kalm.synth.personas import load_personas, persona_shortfall
 
     out = Path(run_dir) / "generate"
     shards_dir = out / "shards"
@@ -165,6 +165,9 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
                                         "time_budget_s": cfg.time_budget_s,
                                         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     merged = merge_shards(cfg, results, out, planned=len(plan))
+    short = persona_shortfall(cfg, personas)
+    if short:
+        merged.info["flags"].append(short)
     merged.info["all_cached"] = cached_shards == len(results)
     merged.info["cached_shards"] = cached_shards
     merged.info["skipped_shard_indices"] = list(range(len(results), len(plan)))  # a higher cap generates these

@@ -133,3 +133,27 @@ def readme_tasks(shared_data) -> dict[str, str]:
         if m and (shared_data / m.group(1)).is_dir():
             out.setdefault(m.group(1), m.group(2))  # the Sets table comes first; later tables name scores
     return out
+
+
+def test_bad_task_file_fails_before_the_model_loads(tmp_path, capsys):
+    """Every local task file is read and checked first: a bad row is the error, not whatever loading
+    the model does (here a model whose weights file is corrupt, itself a one-line error)."""
+    from kalm.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    (model / "model.safetensors").write_text("not weights")
+    good, bad = tmp_path / "tasks" / "a_sts", tmp_path / "tasks" / "b_sts"
+    for folder, second in ((good, "b"), (bad, "")):
+        folder.mkdir(parents=True)
+        (folder / "test.jsonl").write_text(json.dumps({"sentence1": "a", "sentence2": "b", "score": 1}) + "\n"
+                                           + json.dumps({"sentence1": "a", "sentence2": second, "score": 2}) + "\n")
+    code = main(["eval", str(model), "--tasks", str(tmp_path / "tasks"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad / 'test.jsonl'}:2: field 'sentence2' is blank" in err and "Traceback" not in err
+    # With good data, the corrupt local model is the one-line error (it names the folder and the fix).
+    code = main(["eval", str(model), "--tasks", str(good), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: model {model} could not be loaded" in err and "re-export" in err
+    assert "Traceback" not in err

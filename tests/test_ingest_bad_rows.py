@@ -157,3 +157,20 @@ def test_malformed_json_lines_name_the_line(tmp_path, content, message):
     f.write_text(content)
     with pytest.raises(IngestError, match=message):
         run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
+
+
+def test_not_utf8_fix_command_quotes_the_path(tmp_path):
+    """The iconv command in the message runs as pasted, also for a path with spaces and quotes."""
+    import shlex
+    import subprocess
+
+    from kalm.errors import not_utf8_message
+
+    path = tmp_path / "my data" / "it's latin1.jsonl"
+    path.parent.mkdir()
+    path.write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    message = not_utf8_message(path, 1, 14, 13, b"\xe9", "invalid continuation byte")
+    command = message.split("`")[1]
+    assert shlex.split(command)[5] == str(path)
+    subprocess.run(["bash", "-c", command], check=True)
+    assert path.read_text(encoding="utf-8") == '{"text": "café"}\n'

@@ -25,6 +25,25 @@ def test_personas_from_file_are_deduplicated_and_sampled_reproducibly(tmp_path):
     assert set(other) != set(a) or other != a
 
 
+def test_fewer_personas_than_asked_is_a_config_error_or_a_flag(tmp_path):
+    """The built-in list (24) is known before any work: asking for more is a config error naming the
+    fix (a 50-persona run of the CPU default silently made 24). A file with fewer is flagged."""
+    from kalm.config import ConfigError, load_config
+    from kalm.synth.personas import load_personas, persona_shortfall
+
+    with pytest.raises(ConfigError, match=r"num_personas is 50, but the built-in list has 24 personas.*"
+                                          r"personas.path \(PersonaHub-style JSONL\)"):
+        load_config("cpu-demo", {"generate.personas.num_personas": 50})
+    assert load_config("cpu-demo", {"generate.personas.num_personas": 24}).generate.personas.num_personas == 24
+    f = tmp_path / "personas.jsonl"
+    f.write_text("".join(json.dumps({"persona": f"a beekeeper number {i % 3}"}) + "\n" for i in range(9)))
+    cfg = GenerateConfig(personas=PersonaSource(path=f, num_personas=5))
+    personas = load_personas(cfg)
+    assert len(personas) == 3
+    assert persona_shortfall(cfg, personas).startswith("personas: 3 distinct of the 5 asked for")
+    assert persona_shortfall(cfg.model_copy(update={"personas": PersonaSource(path=f, num_personas=3)}), personas) is None
+
+
 def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
     from kalm.synth.validate import check_persona, persona_schema
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from kalm.evaluation.config import EvalTask
-from kalm.evaluation.errors import EvalTaskError
+from kalm.evaluation.errors import EvalError, EvalModelError, EvalTaskError
 from kalm.evaluation.tasks import folder_fingerprint, is_task_folder, load_local_task, mteb_task_name
 from kalm.stage import Progress, no_progress
 from kalm.store import atomic_write_json, hash_strings
@@ -223,10 +223,22 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
     cached: list[str] = []
     notes: dict[str, list[str]] = {}
     keys: dict[str, str] = {}
+    hits: dict[str, Optional[dict[str, Any]]] = {}
+    loaded: dict[str, tuple[Any, float]] = {}
+    for spec in specs:
+        key = keys[spec.name] = result_key(fp, spec.fingerprint, matryoshka_dim)
+        hits[spec.name] = cache.get(key) if cache and not refresh else None
+        if hits[spec.name] is None and spec.folder is not None:
+            # Read (and check) every local task file before the model loads: a bad row fails in seconds,
+            # naming file, line and fix, not after a model load and the tasks before it.
+            progress(0.0, f"reading {spec.name}")
+            start = time.perf_counter()
+            task = spec.load()
+            task.load_data()
+            loaded[spec.name] = (task, time.perf_counter() - start)
     for i, spec in enumerate(specs):
         progress(i / len(specs), f"{spec.name} ({i + 1}/{len(specs)})")
-        key = keys[spec.name] = result_key(fp, spec.fingerprint, matryoshka_dim)
-        hit = cache.get(key) if cache and not refresh else None
+        key, hit = keys[spec.name], hits[spec.name]
         if hit is not None:
             _restore_mteb_file(hit, output, model_ref, fp, matryoshka_dim)
             entry = hit
@@ -235,12 +247,11 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
             if encoder is None:
                 import mteb
 
-                from kalm.evaluation.model import load_encoder
-
                 progress(i / len(specs), f"loading {model_ref} ({choice.describe()})")
-                encoder = load_encoder(model_ref, matryoshka_dim, fingerprint=fp, choice=choice)
+                encoder = _load_or_explain(model_ref, matryoshka_dim, fp, choice)
                 mteb_cache = mteb.ResultCache(output / "mteb")
-            entry, result_file = _run_one(encoder, spec, mteb_cache, batch_size, corpus_chunk_size)
+            entry, result_file = _run_one(encoder, spec, mteb_cache, batch_size, corpus_chunk_size,
+                                          loaded.pop(spec.name, None))
             if cache:
                 cache.put(key, entry, result_file)
         scores[spec.name] = entry["score"]
@@ -260,6 +271,24 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
                    loader=choice.describe(), loader_kind=choice.loader)
     atomic_write_json(output / "summary.json", summary)
     return summary
+
+
+def _load_or_explain(model_ref: str, matryoshka_dim: Optional[int], fp: str, choice):
+    """``load_encoder``; a local model that cannot load (missing or corrupt files) is an ``EvalModelError``
+    naming the folder and the fix. Hub models keep their own errors (a lost connection is worth a retry)."""
+    from kalm.evaluation.model import load_encoder
+    from kalm.models import resolve_model
+
+    try:
+        return load_encoder(model_ref, matryoshka_dim, fingerprint=fp, choice=choice)
+    except EvalError:
+        raise
+    except Exception as e:
+        if not resolve_model(model_ref).is_local:
+            raise
+        raise EvalModelError(f"model {model_ref} could not be loaded ({choice.describe()}): {type(e).__name__}: "
+                             f"{str(e)[:300]}. Check that the folder holds a complete sentence-transformers or "
+                             "transformers model (config, weights, tokenizer); re-export or copy it again") from e
 
 
 def summarize(scores: dict[str, float], types: dict[str, str]) -> dict[str, Any]:
@@ -328,13 +357,15 @@ def search_model(encoder, corpus_chunk_size: int):
     return SearchEncoderWrapper(encoder, corpus_chunk_size=corpus_chunk_size)
 
 
-def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int,
-             corpus_chunk_size: int = 50_000) -> tuple[dict[str, Any], Path]:
-    """mteb's evaluation of one task; returns the cache entry and the path of mteb's result file."""
+def _run_one(encoder, spec: TaskSpec, mteb_cache, batch_size: int, corpus_chunk_size: int = 50_000,
+             loaded: Optional[tuple[Any, float]] = None) -> tuple[dict[str, Any], Path]:
+    """mteb's evaluation of one task; returns the cache entry and the path of mteb's result file.
+
+    ``loaded``: the task with its local data already read, and the seconds that took."""
     import mteb
 
-    task = spec.load()
-    start = time.perf_counter()
+    task, load_seconds = loaded or (spec.load(), 0.0)
+    start = time.perf_counter() - load_seconds
     if spec.folder is not None:
         task.load_data()  # a bad task file stops here with its own error (file, line, fix), not inside mteb
     from mteb.abstasks.retrieval import AbsTaskRetrieval

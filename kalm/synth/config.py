@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 
 from kalm.configbase import Strict, TaskType
 
+SEED_PERSONAS = Path(__file__).parent / "personas" / "seed.jsonl"  # the built-in list (no source given)
+
 
 class PersonaSource(Strict):
     """Where personas come from; the first one given wins: path, dataset, seed_corpus, builtin."""
@@ -21,6 +23,18 @@ class PersonaSource(Strict):
     seed_corpus: Optional[Path] = Field(None, description="texts (JSONL/TXT) to derive personas from with the LLM")
     num_personas: int = Field(8, ge=1, description="personas sampled after dedup (CPU demo: 8)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _enough_builtin_personas(self) -> "PersonaSource":
+        if self.path is None and self.dataset is None and self.seed_corpus is None:
+            have = sum(1 for line in SEED_PERSONAS.read_text(encoding="utf-8").splitlines() if line.strip())
+            if self.num_personas > have:
+                raise ValueError(
+                    f"generate.personas.num_personas is {self.num_personas}, but the built-in list has {have} "
+                    "personas (no path, dataset or seed_corpus is set). Ask for at most that many, or give a source "
+                    "with more: personas.path (PersonaHub-style JSONL), personas.dataset (e.g. "
+                    "proj-persona/PersonaHub) or personas.seed_corpus (texts the LLM derives personas from)")
+        return self
 
 
 class Knobs(Strict):

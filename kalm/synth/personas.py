@@ -10,11 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from kalm.synth.config import GenerateConfig
+from kalm.synth.config import SEED_PERSONAS, GenerateConfig
 from kalm.synth.validate import normalize_persona
 
 log = logging.getLogger(__name__)
-SEED_PERSONAS = Path(__file__).parent / "personas" / "seed.jsonl"
 ROUND_SLACK = 1.25  # a later text-to-persona round reads 25 % more texts than the yield so far says it needs
 
 
@@ -57,6 +56,16 @@ def load_personas(cfg: GenerateConfig, backend=None) -> list[str]:
     if len(unique) > src.num_personas:
         unique = random.Random(src.seed).sample(unique, src.num_personas)
     return unique
+
+
+def persona_shortfall(cfg: GenerateConfig, personas: list[str]) -> Optional[str]:
+    """A flag when the source gave fewer distinct personas than ``num_personas`` asked for, else None
+    (the stage goes on with what it has; the manifest, report and log say so)."""
+    asked = cfg.personas.num_personas
+    if len(personas) >= asked:
+        return None
+    return (f"personas: {len(personas)} distinct of the {asked} asked for (generate.personas.num_personas); the "
+            "source has no more after deduplication: give a larger persona file or dataset, or ask for fewer")
 
 
 def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list[str]:
