@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from flows.stage_runner import (STAGES, StageFailed, check_inputs, quiet_data_faults, record_failure, run_stage,
-                                stored_result)
+from flows.stage_runner import (STAGES, StageFailed, check_inputs, has_stored_result, quiet_data_faults, record_failure,
+                                run_stage, stored_result)
 from kalm.config import RunConfig
 from kalm.rerun import run_config
 from kalm.stage import StageResult
@@ -34,6 +34,14 @@ def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None)
     if start:
         return set(STAGES[STAGES.index(start):])
     return set(STAGES)
+
+
+class _StopBefore(Exception):
+    """``--only`` asked for stages this run has nothing after: the run ends before ``stage``."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
 
 
 @flow(name="retrain")
@@ -68,8 +76,12 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
     run_dir = str(store.root)
     data_dir = cfg.resolved_data_dir()
 
+    last_asked = max(STAGES.index(s) for s in todo)
+
     def stage(name: str, call, upstream: list[StageResult], **kwargs: Any) -> StageResult:
         if name not in todo:
+            if STAGES.index(name) > last_asked and not has_stored_result(store, name):
+                raise _StopBefore(name)  # e.g. `--only generate` on a new run: nothing after it to take
             try:
                 return stored_result(store, name)
             except StageFailed as e:  # recorded on the first stage asked for: the manifest and report say why
@@ -103,6 +115,14 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
         store.update_manifest(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _report_failure(store, cfg, report_task)
         raise
+    except _StopBefore as stop:
+        logger.info("run %s ends before %s: the stages asked for are done and this run has no %s stage to go on "
+                    "with (kalm run --run-id %s --from %s continues it)", store.run_id, stop.stage, stop.stage,
+                    store.run_id, stop.stage)
+        store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), stopped_before=stop.stage)
+        report = report_task(store.read_manifest(), {}, run_dir)
+        store.update_manifest(report=str(report))
+        return {"run_id": store.run_id, "run_dir": run_dir, "scores": {}, "report": str(report), "gate": None}
     store.update_manifest(report=str(report))
     logger.info("report: %s", report)
     return {"run_id": store.run_id, "run_dir": run_dir, "scores": scores, "report": str(report), "gate": decision}

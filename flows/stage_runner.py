@@ -150,6 +150,11 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
     return result
 
 
+def has_stored_result(store: RunStore, stage: str) -> bool:
+    """Whether this run's manifest holds a finished ``stage``'s result."""
+    return "result" in (store.read_manifest().get("stages", {}).get(stage) or {})
+
+
 def stored_result(store: RunStore, stage: str) -> StageResult:
     """A finished stage's result from this run's manifest (for ``--only`` / ``--from`` reruns)."""
     entry = store.read_manifest().get("stages", {}).get(stage)

@@ -91,12 +91,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from kalm.evaluation.cli import eval_command
     from kalm.evaluation.errors import EvalError
+    from kalm.models import ModelRefError
 
     try:
         summary = eval_command(args.model, args.tasks, Path(args.output), batch_size=args.batch_size,
                                matryoshka_dim=args.matryoshka_dim, corpus_chunk_size=args.corpus_chunk_size,
                                max_samples=args.max_samples)
-    except EvalError as e:  # bad task files, task names or model settings: the message names the fix
+    except (EvalError, ModelRefError) as e:  # bad task files, task names, model refs or settings: names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
@@ -159,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--corpus-chunk-size", type=int, default=50_000,
                    help="retrieval: documents encoded and scored at once (bounds memory)")
     e.add_argument("--max-samples", type=int, default=None, metavar="N",
-                   help="score a seeded subsample of each local task folder (at most N pairs / texts / sentences "
-                        "per problem / documents); quick, not comparable to the leaderboard")
+                   help="score a seeded subsample of each local task folder (N pairs / test texts / sentences per "
+                        "clustering problem / corpus documents); quick, not comparable to the leaderboard")
     e.set_defaults(func=cmd_eval)
 
     u = sub.add_parser("ui", help="start the Prefect server and UI on 127.0.0.1")

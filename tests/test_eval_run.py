@@ -157,3 +157,7 @@ def test_bad_task_file_fails_before_the_model_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"error: model {model} could not be loaded" in err and "re-export" in err
     assert "Traceback" not in err
+    for missing in (tmp_path / "no-such-model", "pkg:no_such_package"):  # a model reference that names nothing
+        code = main(["eval", str(missing), "--tasks", str(good), "--output", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and "Traceback" not in err

@@ -174,3 +174,15 @@ def test_not_utf8_fix_command_quotes_the_path(tmp_path):
     assert shlex.split(command)[5] == str(path)
     subprocess.run(["bash", "-c", command], check=True)
     assert path.read_text(encoding="utf-8") == '{"text": "café"}\n'
+
+
+def test_mixed_encodings_are_not_offered_a_whole_file_conversion(tmp_path):
+    """UTF-8 lines with accents, then a Latin-1 line: iconv over the whole file would turn the good
+    'café' into 'cafÃ©', so the message asks for a re-export or a fix of that line instead."""
+    from kalm.errors import not_utf8_message
+
+    path = tmp_path / "mixed.jsonl"
+    good = '{"text": "café"}\n'.encode("utf-8")
+    path.write_bytes(good + '{"text": "crème"}\n'.encode("latin-1"))
+    message = not_utf8_message(path, 2, 13, len(good) + 12, b"\xe8", "invalid continuation byte")
+    assert "mixes encodings" in message and "correct line 2" in message and "iconv" not in message

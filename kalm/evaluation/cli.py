@@ -34,8 +34,6 @@ def eval_command(model: str, tasks: str, output: Path, batch_size: int = 64,
                                  progress=progress, corpus_chunk_size=corpus_chunk_size, max_samples=max_samples)
     finally:
         bar.close()
+    # What a task left out of its score (or its subsample) is logged once per task as it is scored.
     print(f"model {model}: {summary['loader']}", file=sys.stderr)
-    for task, notes in summary.get("notes", {}).items():
-        for note in notes:
-            print(f"{task}: {note}", file=sys.stderr)
     return {"tasks": summary["tasks"], "average": summary["average"]}

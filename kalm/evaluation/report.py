@@ -241,6 +241,11 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
              + (f" · started {manifest['started_at']}" if manifest.get("started_at") else "")
              + (f" · finished {manifest['finished_at']}" if manifest.get("finished_at") else ""), ""]
 
+    if manifest.get("stopped_before"):
+        nxt = manifest["stopped_before"]
+        run = manifest.get("run_id", out_dir.name)
+        lines += [f"Stopped before **{nxt}**: the stages asked for (`--only`) are done and this run has no {nxt} "
+                  f"stage yet; `kalm run --run-id {run} --from {nxt}` continues it.", ""]
     lines += flag_lines(stages)
     lines += ["## Scores (mteb main score, 0-1)", ""]
     rows = score_rows(scores, in_domain_tasks)

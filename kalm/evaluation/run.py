@@ -203,7 +203,8 @@ def evaluate_model(model_ref: str, tasks: list[EvalTask] | str, output: Path, da
         tasks, more = parse_task_argument(tasks)
         benchmarks += more
     if max_samples is not None and max_samples < 1:
-        raise EvalTaskError(f"max_samples is {max_samples}: give a positive number of samples per task, or none")
+        raise EvalTaskError(f"max_samples is {max_samples}: give a positive number of samples per task, or leave "
+                            "--max-samples out to score every task in full")
     if max_samples:
         tasks = [t if t.max_samples else t.model_copy(update={"max_samples": max_samples}) for t in tasks]
     output = Path(output)
