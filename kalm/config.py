@@ -61,7 +61,20 @@ class RunConfig(Strict):
         return hash_strings([stage, section.model_dump_json()])
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _source(path: Path | str, overrides: Optional[dict[str, Any]]) -> str:
+    """The config file and the command-line overrides applied to it, as an error names them."""
+    sets = " ".join(f"--set {k}={v}" for k, v in (overrides or {}).items())
+    return f"{path} with {sets}" if sets else str(path)
+
+
+def _overrides_behind(loc: str, overrides: Optional[dict[str, Any]]) -> list[str]:
+    """The ``--set`` overrides that touch setting ``loc``: the setting itself, one inside it (a check
+    across a section's settings) or the section holding it."""
+    return [f"{k}={v}" for k, v in (overrides or {}).items()
+            if k == loc or k.startswith(loc + ".") or loc.startswith(k + ".")]
+
+
+def _format_errors(err: ValidationError, source: str, overrides: Optional[dict[str, Any]] = None) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -75,7 +88,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
         # The value is worth echoing when it is one setting's; a whole section (a check across its
         # settings) would be a long, cut-off dump.
         shown = kind != "missing" and not isinstance(e.get("input"), (dict, list))
-        lines.append(f"  - {loc}: {fix} (got {e.get('input')!r:.80})" if shown else f"  - {loc}: {fix}")
+        line = f"  - {loc}: {fix} (got {e.get('input')!r:.80})" if shown else f"  - {loc}: {fix}"
+        behind = _overrides_behind(loc, overrides)
+        lines.append(line + (f" [from --set {', --set '.join(behind)}]" if behind else ""))
     return "\n".join(lines)
 
 
@@ -111,9 +126,9 @@ def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: Optional[d
         cfg = RunConfig.model_validate(_substitute(raw, "{data_dir}", str(data_dir or "<no data_dir>")))
         cfg = _decontaminate_against_evaluation(cfg, data_dir)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path))) from None
+        raise ConfigError(_format_errors(e, _source(path, overrides), overrides)) from None
     if check_paths:
-        check_config_paths(cfg, source=str(path))
+        check_config_paths(cfg, source=_source(path, overrides))
     return cfg
 
 

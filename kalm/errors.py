@@ -7,6 +7,7 @@ retries it (``tasks.common.retry_unless_data_error``) and shows its message as i
 
 from __future__ import annotations
 
+import os
 import shlex
 
 
@@ -31,7 +32,10 @@ def not_utf8_message(path: object, line: int, column: int, offset: int, bad: byt
         return head + ("Earlier lines hold UTF-8 text beyond ASCII, so the file mixes encodings (e.g. rows appended "
                        "from another export): converting the whole file would garble those lines. Fix: re-export it "
                        f"as UTF-8 from its source, or correct line {line} (and any later such line) by hand")
-    src, tmp = shlex.quote(str(path)), shlex.quote(f"{path}.utf8")  # a command that pastes as is
+    # An absolute, quoted path: the command pastes as is from any folder (paths in configs are often relative
+    # to where the run started, not to where the user reads the error).
+    full = os.path.abspath(str(path))
+    src, tmp = shlex.quote(full), shlex.quote(f"{full}.utf8")
     return head + ("The file is in another encoding (often Latin-1 / Windows-1252 from a spreadsheet). Fix: re-save "
                    f"it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 {src} > {tmp} && mv {tmp} {src}`")
 

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from kalm.config import (DEFAULT_PRESET, ConfigError, RunConfig, _format_errors, _set_dotted, _substitute,
+from kalm.config import (DEFAULT_PRESET, ConfigError, RunConfig, _format_errors, _set_dotted, _source, _substitute,
                          check_config_paths, load_config)
 from kalm.store import MANIFEST
 
@@ -90,6 +90,6 @@ def run_config(config: Optional[str], run_id: Optional[str], overrides: Optional
         data_dir = cfg.resolved_data_dir()
         cfg = RunConfig.model_validate(_substitute(raw, "{data_dir}", str(data_dir or "<no data_dir>")))
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, f"run {run_id}'s recorded config with --set {overrides}")) from None
+        raise ConfigError(_format_errors(e, _source(f"run {run_id}'s recorded config", overrides), overrides)) from None
     check_config_paths(cfg, source=f"run {run_id}'s recorded config")
     return cfg, source, {"rerun_overrides": {**earlier, **overrides}} if overrides else {}

@@ -80,6 +80,29 @@ def _retry_can_help(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's 
     return True
 
 
+def _personas_cache_key(context: Any, parameters: dict[str, Any]) -> str:  # noqa: ARG001 - Prefect's signature
+    """Text-to-persona's result depends on the persona settings, the corpus's content, the generator
+    (model and decoding settings: ``backend_key``), the templates and the code; never the run id."""
+    from kalm.synth.prompts import templates_hash
+    from tasks.common import content_hash
+
+    cfg: GenerateConfig = parameters["cfg"]
+    return "derive-personas-" + hash_strings([cfg.personas.model_dump_json(), content_hash(cfg.personas.seed_corpus),
+                                              backend_key(cfg), templates_hash(cfg), code_version("generate")])
+
+
+@task(name="derive-personas", retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_can_help,
+      cache_key_fn=_personas_cache_key, persist_result=True, result_storage=results_dir(), tags=["gpu"])
+def derive_personas_task(cfg: GenerateConfig) -> dict[str, Any]:
+    """Text-to-persona over ``generate.personas.seed_corpus``, cached: a rerun (or a run that only
+    changes later settings) reuses the personas instead of running the LLM over the corpus again.
+    Returns ``{"personas": [...], "report": {texts_read, kept, rejected, seconds}}``."""
+    from kalm.synth.personas import load_personas
+
+    report: dict[str, Any] = {}
+    return {"personas": load_personas(cfg, backend=_backend(cfg), report=report), "report": report}
+
+
 @task(name="generate-shard", retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_can_help,
       cache_key_fn=_shard_cache_key, persist_result=True, result_storage=results_dir(), tags=["gpu"])
 def generate_shard_task(cfg: GenerateConfig, personas: list[str], shard_index: int, run_dir: str) -> StageResult:
@@ -126,7 +149,11 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     out = Path(run_dir) / "generate"
     shards_dir = out / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
-    personas = load_personas(cfg, backend=_backend(cfg) if cfg.personas.seed_corpus else None)
+    if cfg.personas.seed_corpus:
+        derived = derive_personas_task(cfg)
+        personas, persona_report = derived["personas"], derived["report"]
+    else:
+        personas, persona_report = load_personas(cfg), None
     plan = plan_shards(cfg, personas)
     cutoff_file = _cutoff_path(cfg, personas) if cfg.time_budget_s is not None else None
     cutoff = _read_cutoff(cutoff_file) if cutoff_file else None
@@ -164,7 +191,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
         atomic_write_json(cutoff_file, {"shards_done": len(results), "shards_planned": len(plan),
                                         "time_budget_s": cfg.time_budget_s,
                                         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    merged = merge_shards(cfg, results, out, planned=len(plan))
+    merged = merge_shards(cfg, results, out, planned=len(plan), personas_report=persona_report)
     short = persona_shortfall(cfg, personas)
     if short:
         merged.info["flags"].append(short)
@@ -179,6 +206,11 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
                                  *[{"what": f"dropped: {k}", "count": v} for k, v in sorted(stats["dropped"].items())],
                                  *[{"what": f"task type: {k}", "count": v} for k, v in stats["by_task_type"].items()],
                                  *[{"what": f"language: {k}", "count": v} for k, v in stats["by_language"].items()],
+                                 *([{"what": "personas derived (texts read)",
+                                     "count": f"{persona_report['kept']} ({persona_report['texts_read']})"},
+                                    *[{"what": f"persona answer dropped: {k}", "count": v}
+                                      for k, v in sorted(persona_report["rejected"].items())]]
+                                   if persona_report else []),
                                  *[{"what": "FLAG", "count": f} for f in merged.info["flags"]]])
     if stats.get("low_yield") and cfg.on_low_yield == "fail":
         from kalm.synth.generate import LowYieldError

@@ -60,6 +60,18 @@ def test_overrides_apply_dotted_keys():
     assert cfg.train.max_steps == 3 and not cfg.generate.enabled
 
 
+def test_an_error_from_a_set_override_names_the_override():
+    """The YAML file is fine: the error says the value came from the command line, and which one
+    (a section-level check is traced to the override inside it; other overrides are not blamed)."""
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu-demo", {"train.learning_rate": "abc", "train.max_steps": 3})
+    head, line = str(e.value).splitlines()[:2]
+    assert head.endswith("cpu-demo.yaml with --set train.learning_rate=abc --set train.max_steps=3:")
+    assert line.startswith("  - train.learning_rate:") and line.endswith("[from --set train.learning_rate=abc]")
+    with pytest.raises(ConfigError, match=r"(?s)generate\.personas: .*\[from --set generate\.personas\.num_personas=50\]"):
+        load_config("cpu-demo", {"generate.personas.num_personas": 50})
+
+
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="presets: .*cpu-demo"):
         load_config("no-such-preset")

@@ -159,8 +159,9 @@ def test_malformed_json_lines_name_the_line(tmp_path, content, message):
         run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f)]), tmp_path / "out")
 
 
-def test_not_utf8_fix_command_quotes_the_path(tmp_path):
-    """The iconv command in the message runs as pasted, also for a path with spaces and quotes."""
+def test_not_utf8_fix_command_quotes_the_path(tmp_path, monkeypatch):
+    """The iconv command in the message runs as pasted, also for a path with spaces and quotes, and also
+    from another folder when the config gave the path relative to where the run started."""
     import shlex
     import subprocess
 
@@ -169,10 +170,13 @@ def test_not_utf8_fix_command_quotes_the_path(tmp_path):
     path = tmp_path / "my data" / "it's latin1.jsonl"
     path.parent.mkdir()
     path.write_bytes('{"text": "café"}\n'.encode("latin-1"))
-    message = not_utf8_message(path, 1, 14, 13, b"\xe9", "invalid continuation byte")
+    monkeypatch.chdir(tmp_path)
+    message = not_utf8_message(Path("my data") / path.name, 1, 14, 13, b"\xe9", "invalid continuation byte")
+    assert message.startswith("my data/it's latin1.jsonl line 1")  # the path as the user gave it
     command = message.split("`")[1]
     assert shlex.split(command)[5] == str(path)
-    subprocess.run(["bash", "-c", command], check=True)
+    (tmp_path / "elsewhere").mkdir()
+    subprocess.run(["bash", "-c", command], check=True, cwd=tmp_path / "elsewhere")
     assert path.read_text(encoding="utf-8") == '{"text": "café"}\n'
 
 

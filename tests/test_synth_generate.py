@@ -122,3 +122,32 @@ def test_text_to_persona_fills_num_personas_in_corpus_order(tmp_path, caplog):
     assert len(more) == len(set(more)) == 4 and more[:2] == two
     with pytest.raises(ValueError, match="needs the LLM backend"):
         load_personas(cfg)
+
+
+def test_text_to_persona_is_a_cached_task_with_its_counts(tmp_path):
+    """A rerun does not run the LLM over the corpus again: the derivation is a cached task keyed on the
+    corpus's content and the persona and generator settings (not on later settings); its counts (texts
+    read, kept, answers dropped by reason) reach the stage's stats."""
+    from kalm.synth.generate import merge_shards
+    from tasks.generate import _personas_cache_key, derive_personas_task
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS))
+    seed = random.randrange(1_000_000)  # a fresh cache key: the first call must derive for real
+    cfg = GenerateConfig(personas=PersonaSource(seed_corpus=corpus, num_personas=2, seed=seed), seed=seed)
+    first = derive_personas_task(cfg, return_state=True)
+    again = derive_personas_task(cfg, return_state=True)
+    assert first.name == "Completed" and again.name == "Cached"
+    out = first.result()
+    assert again.result() == out and len(out["personas"]) == 2
+    report = out["report"]
+    assert report["kept"] == 2 and report["texts_read"] >= 4 and report["seconds"] > 0
+    assert report["texts_read"] >= report["kept"] + sum(report["rejected"].values())  # the rest: duplicates
+    stats = merge_shards(cfg, [], tmp_path / "merged", planned=0, personas_report=report).info["stats"]
+    assert stats["personas"] == report
+
+    key = _personas_cache_key(None, {"cfg": cfg})
+    assert _personas_cache_key(None, {"cfg": cfg.model_copy(update={"task_types": ["retrieval"]})}) == key
+    assert _personas_cache_key(None, {"cfg": cfg.model_copy(update={"model": "other/model"})}) != key
+    corpus.write_text(corpus.read_text() + json.dumps({"text": "A new text."}) + "\n")
+    assert _personas_cache_key(None, {"cfg": cfg}) != key  # the corpus's content, not its name

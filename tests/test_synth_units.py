@@ -52,9 +52,13 @@ def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
                 "<em>A pharmacist explaining medication</em>", "} A person is writing or reading the text. The answer is {",
                 "a woman", "an outfielder"]:
         assert check_persona(bad) == "not_a_persona", bad
+    # Held to the pattern, over SciFact claims: the prompt said back, a phrase cut before its noun.
+    for echo in ["an example of a person who might write or read this text", "a person who reads the text"]:
+        assert check_persona(echo) == "persona_copies_prompt", echo
+    assert check_persona("a total of") == "not_a_persona"
     # ... and with it (the pattern goes into the JSON schema the decoder is held to).
     for good in ["a person with a background in drone operations", "a man with a laptop",
-                 "an old man with a scarf", "a   person who loves  to read"]:
+                 "an old man with a scarf", "a   person who loves  to read", "a textbook author who writes for nurses"]:
         assert check_persona(good) is None, good
     assert persona_schema()["properties"]["persona"]["pattern"].startswith("^(a|an) ")
 

@@ -38,12 +38,16 @@ import numpy as np
 SEED = 0  # one fixed seed: every model (and every run) is scored on the same rows
 
 
-def _take(ds, k: int, seed: int = SEED):
+def _indices(length: int, k: int, seed: int = SEED) -> np.ndarray:
+    """``min(k, length)`` of ``range(length)`` chosen uniformly at random (seeded), ascending."""
+    if length <= k:
+        return np.arange(length)
+    return np.sort(np.random.default_rng(seed).choice(length, size=k, replace=False))
+
+
+def _take(ds, k: int):
     """``k`` rows of a ``datasets.Dataset`` chosen uniformly at random, kept in file order."""
-    if len(ds) <= k:
-        return ds
-    rng = np.random.default_rng(seed)
-    return ds.select(np.sort(rng.choice(len(ds), size=k, replace=False)).tolist())
+    return ds if len(ds) <= k else ds.select(_indices(len(ds), k).tolist())
 
 
 def _sample_pairs(task, n: int) -> str:
@@ -109,9 +113,7 @@ def _sample_clustering(task, n: int) -> str:
         if ds and isinstance(ds[0]["sentences"], list):
             rows = []
             for i, row in enumerate(ds):
-                keep = np.arange(len(row["sentences"]))
-                if len(keep) > n:
-                    keep = np.sort(np.random.default_rng(SEED + i).choice(len(keep), size=n, replace=False))
+                keep = _indices(len(row["sentences"]), n, seed=SEED + i)  # a seed per problem
                 rows.append({"sentences": [row["sentences"][j] for j in keep],
                              "labels": [row["labels"][j] for j in keep]})
                 counts[0] += len(row["sentences"])

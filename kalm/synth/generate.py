@@ -197,13 +197,14 @@ def generate_shard(cfg: GenerateConfig, personas: list[str], shard_index: int, o
                        seconds=time.perf_counter() - start, info={"stats": stats})
 
 
-def merge_shards(cfg: GenerateConfig, shards: list[StageResult], out_dir: Path, planned: Optional[int] = None
-                 ) -> StageResult:
+def merge_shards(cfg: GenerateConfig, shards: list[StageResult], out_dir: Path, planned: Optional[int] = None,
+                 personas_report: Optional[dict] = None) -> StageResult:
     """Deduplicate across shards (exact + MinHash) into ``examples.parquet`` with ``stats.json``.
 
     ``planned``: shards in the plan; fewer finished means the time budget cut the run, which the
     result says in ``info["truncated"]`` and ``info["flags"]``. A yield under ``generate.min_yield``
-    is flagged too (the caller fails the stage on it unless ``on_low_yield: flag``).
+    is flagged too (the caller fails the stage on it unless ``on_low_yield: flag``). ``personas_report``
+    (text-to-persona's counts, ``kalm.synth.personas.personas_from_corpus``) goes into the stats as ``personas``.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -223,7 +224,8 @@ def merge_shards(cfg: GenerateConfig, shards: list[StageResult], out_dir: Path, 
              "generated": len(rows), "accepted": len(kept), "dropped": dict(dropped),
              "by_task_type": dict(Counter(json.loads(r["metadata"]).get("template", r["task_type"]) for r in kept)),
              "by_language": dict(Counter(r["language"] for r in kept)), "prompts": prompts,
-             "generation_seconds": round(sum(s.seconds for s in shards), 2)}
+             "generation_seconds": round(sum(s.seconds for s in shards), 2),
+             **({"personas": personas_report} if personas_report else {})}
     flags = []
     if skipped:
         stats["truncated"] = {"shards_done": len(shards), "shards_planned": planned,

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -38,8 +39,10 @@ def _corpus_texts(path: Path) -> list[str]:
     return [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
 
 
-def load_personas(cfg: GenerateConfig, backend=None) -> list[str]:
-    """Deduplicated personas, sampled reproducibly (``personas.seed``) down to ``num_personas``."""
+def load_personas(cfg: GenerateConfig, backend=None, report: Optional[dict] = None) -> list[str]:
+    """Deduplicated personas, sampled reproducibly (``personas.seed``) down to ``num_personas``.
+
+    ``report``, when given, receives what text-to-persona did (``personas_from_corpus``)."""
     src = cfg.personas
     if src.path is not None:
         personas = _read_jsonl_field(src.path, src.field)
@@ -49,7 +52,7 @@ def load_personas(cfg: GenerateConfig, backend=None) -> list[str]:
         ds = datasets.load_dataset(src.dataset, src.dataset_config, split=src.split)
         personas = [str(x) for x in ds[src.field]]
     elif src.seed_corpus is not None:
-        personas = personas_from_corpus(cfg, _corpus_texts(src.seed_corpus), backend)
+        personas = personas_from_corpus(cfg, _corpus_texts(src.seed_corpus), backend, report)
     else:
         personas = _read_jsonl_field(SEED_PERSONAS, "persona")
     unique = list(dict.fromkeys(normalize_persona(p) for p in personas if p.strip()))
@@ -68,7 +71,7 @@ def persona_shortfall(cfg: GenerateConfig, personas: list[str]) -> Optional[str]
             "source has no more after deduplication: give a larger persona file or dataset, or ask for fewer")
 
 
-def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list[str]:
+def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report: Optional[dict] = None) -> list[str]:
     """Text-to-persona (PersonaHub): the LLM names who would write or read each text.
 
     The corpus is read in order, in rounds, until ``num_personas`` distinct personas are found or
@@ -76,13 +79,15 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list
     share a persona, so one pass over ``2 * num_personas`` texts can fall short. The first
     round is always those ``2 * num_personas`` texts, later rounds are sized by the yield so far;
     the result keeps the first ``num_personas`` in corpus order, so growing ``num_personas``
-    extends the list instead of reshuffling it (finished shards stay cached).
+    extends the list instead of reshuffling it (finished shards stay cached). ``report``, when given,
+    receives ``texts_read``, ``kept``, ``rejected`` (answers dropped, by reason) and ``seconds``.
     """
     from kalm.synth.prompts import render
     from kalm.synth.validate import PersonaAnswer, check_persona, parse, persona_schema
 
     if backend is None:
         raise ValueError("deriving personas from generate.personas.seed_corpus needs the LLM backend")
+    start = time.perf_counter()
     want, found, used, rejected = cfg.personas.num_personas, {}, 0, Counter()
     while len(found) < want and used < len(texts):
         need = want - len(found)
@@ -100,4 +105,7 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend) -> list
                 rejected[reason] += 1
     log.info("text-to-persona: %d texts read, %d distinct personas kept, rejected: %s",
              used, min(len(found), want), dict(rejected) or "none")
+    if report is not None:
+        report.update(texts_read=used, kept=min(len(found), want), rejected=dict(rejected),
+                      seconds=round(time.perf_counter() - start, 2))
     return list(found)[:want]

@@ -58,10 +58,22 @@ def normalize_persona(persona: str) -> str:
     return " ".join(persona.split())
 
 
+# Seen from SmolLM2-135M held to the pattern (50-persona run over SciFact claims): the prompt said back
+# ("an example of a person who might write or read this text") and phrases cut before their noun
+# ("a total of").
+_PROMPT_ECHO = re.compile(r"\b(this|that|the) text\b")
+_UNFINISHED = {"a", "an", "the", "of", "and", "or", "with", "in", "to", "for", "who", "whose", "that", "at", "on",
+               "by", "from", "as", "is", "are", "their", "his", "her"}
+
+
 def check_persona(persona: str) -> Optional[str]:
-    """"not_a_persona" unless it reads as PersonaHub's "a/an <who>" with at least three words."""
+    """``None`` for an answer that reads as PersonaHub's "a/an <who>" (at least three words), else the
+    reason it is dropped: "not_a_persona" (another form, or a phrase cut before it ends: "a total of")
+    or "persona_copies_prompt" (it describes the prompt's text instead of a person)."""
     text = normalize_persona(persona)
-    return None if re.fullmatch(PERSONA_PATTERN, text) and len(text.split()) >= 3 else "not_a_persona"
+    if not re.fullmatch(PERSONA_PATTERN, text) or len(text.split()) < 3 or text.split()[-1] in _UNFINISHED:
+        return "not_a_persona"
+    return "persona_copies_prompt" if _PROMPT_ECHO.search(text) else None
 
 
 def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict[str, Any]:
