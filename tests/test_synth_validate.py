@@ -51,6 +51,29 @@ def test_content_rules():
     assert check_example(good, "zh", detect) == "wrong_language"
 
 
+# Sampled SmolLM2-135M (temperature 0.7, the 50-persona run over SciFact claims), accepted before the rule.
+NOT_PROSE = [
+    '{"query": "hard_positive", "positive": "hardpositive", "hard_negative": "hardnegative"}',
+    '{"query": "https://example.com/120", "positive": "True, 2.1.3.3233.120.126.3126", "hard_negative": "2.1, 21.1"}',
+    '{"query": "bella-london-a-breach-study", "positive": "malena-research", "hard_negative": "belinda-science"}',
+    '{"query": "The labels are: 1000.00% and more.", "positive": "1000.00%", "hard_negative": "1.0f %1.0"}',
+]
+
+
+@pytest.mark.parametrize("raw", NOT_PROSE)
+def test_identifiers_urls_and_numbers_are_not_prose(raw):
+    answer, why = parse(raw, ExampleAnswer)
+    assert why is None and check_example(answer, "en") == "not_prose"
+
+
+def test_short_labels_and_other_scripts_are_prose():
+    from kalm.synth.validate import is_prose
+
+    for text in ["positive", "non-profit", "e-mail", "COVID-19 vaccines cut hospitalisation.", "Call 555-1234 now",
+                 "银行卡被冻结了怎么办", "Ein Hund läuft im Park.", "Top 10 tips for 2024"]:
+        assert is_prose(text), text
+
+
 def test_schema_is_closed_and_bounded():
     schema = json_schema(ExampleAnswer)
     assert schema["additionalProperties"] is False and schema["required"] == ["query", "positive", "hard_negative"]
