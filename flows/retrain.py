@@ -82,8 +82,13 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
         if name not in todo:
             if STAGES.index(name) > last_asked and not has_stored_result(store, name):
                 raise _StopBefore(name)  # e.g. `--only generate` on a new run: nothing after it to take
+            if not has_stored_result(store, name) and getattr(getattr(cfg, name, None), "enabled", True) is False:
+                # A disabled stage has no output to take and costs nothing to run: `--only ingest` on a
+                # new run whose config turns generation off needs no `generate` first.
+                return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name),
+                                 upstream=upstream, **kwargs)
             try:
-                return stored_result(store, name)
+                return stored_result(store, name, asked=STAGES[STAGES.index(name) + 1:last_asked + 1])
             except StageFailed as e:  # recorded on the first stage asked for: the manifest and report say why
                 store.record_stage(next(s for s in STAGES if s in todo), fresh=True, status="failed",
                                    error=f"StageFailed: {e}")

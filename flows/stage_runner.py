@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from kalm.stage import StageResult
 from kalm.store import RunStore, link_tree
@@ -155,12 +155,16 @@ def has_stored_result(store: RunStore, stage: str) -> bool:
     return "result" in (store.read_manifest().get("stages", {}).get(stage) or {})
 
 
-def stored_result(store: RunStore, stage: str) -> StageResult:
-    """A finished stage's result from this run's manifest (for ``--only`` / ``--from`` reruns)."""
+def stored_result(store: RunStore, stage: str, asked: Sequence[str] = ()) -> StageResult:
+    """A finished stage's result from this run's manifest (for ``--only`` / ``--from`` reruns).
+
+    ``asked``: the stages after ``stage`` up to the last one the rerun was asked for; the error for a missing
+    ``stage`` then offers to run it with them (``--from`` would also run every stage after them)."""
     entry = store.read_manifest().get("stages", {}).get(stage)
     if not entry or "result" not in entry:
+        fix = (f"--only {stage} {' '.join(asked)}" if asked else f"--from {stage}")
         raise StageFailed(
             f"run {store.run_id!r} has no finished {stage!r} stage to build on; run it first "
-            f"(kalm run --run-id {store.run_id} --from {stage})"
+            f"(kalm run --run-id {store.run_id} {fix})"
         )
     return StageResult.model_validate(entry["result"])

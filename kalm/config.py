@@ -5,7 +5,9 @@ A bad config fails here, before any work, with a message naming the field and th
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,15 +65,26 @@ class RunConfig(Strict):
 
 def _source(path: Path | str, overrides: Optional[dict[str, Any]]) -> str:
     """The config file and the command-line overrides applied to it, as an error names them."""
-    sets = " ".join(f"--set {k}={v}" for k, v in (overrides or {}).items())
+    sets = " ".join(f"--set {k}={_shown(v)}" for k, v in (overrides or {}).items())
     return f"{path} with {sets}" if sets else str(path)
+
+
+def _shown(value: Any) -> str:
+    """An override's value as it is typed: YAML flow style for lists and mappings (``[a, b]``)."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _overrides_behind(loc: str, overrides: Optional[dict[str, Any]]) -> list[str]:
     """The ``--set`` overrides that touch setting ``loc``: the setting itself, one inside it (a check
     across a section's settings) or the section holding it."""
-    return [f"{k}={v}" for k, v in (overrides or {}).items()
+    return [f"{k}={_shown(v)}" for k, v in (overrides or {}).items()
             if k == loc or k.startswith(loc + ".") or loc.startswith(k + ".")]
+
+
+def _marked(line: str, loc: str, overrides: Optional[dict[str, Any]]) -> str:
+    """``line`` (an error about setting ``loc``) marked with the ``--set`` overrides behind it, if any."""
+    behind = _overrides_behind(loc, overrides)
+    return line + (f" [from --set {', --set '.join(behind)}]" if behind else "")
 
 
 def _format_errors(err: ValidationError, source: str, overrides: Optional[dict[str, Any]] = None) -> str:
@@ -89,8 +102,7 @@ def _format_errors(err: ValidationError, source: str, overrides: Optional[dict[s
         # settings) would be a long, cut-off dump.
         shown = kind != "missing" and not isinstance(e.get("input"), (dict, list))
         line = f"  - {loc}: {fix} (got {e.get('input')!r:.80})" if shown else f"  - {loc}: {fix}"
-        behind = _overrides_behind(loc, overrides)
-        lines.append(line + (f" [from --set {', --set '.join(behind)}]" if behind else ""))
+        lines.append(_marked(line, loc, overrides))
     return "\n".join(lines)
 
 
@@ -128,7 +140,7 @@ def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: Optional[d
     except ValidationError as e:
         raise ConfigError(_format_errors(e, _source(path, overrides), overrides)) from None
     if check_paths:
-        check_config_paths(cfg, source=_source(path, overrides))
+        check_config_paths(cfg, source=_source(path, overrides), overrides=overrides)
     return cfg
 
 
@@ -167,8 +179,9 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def check_config_paths(cfg: RunConfig, source: str = "config") -> None:
-    """Fail early on missing files and unresolvable local model references."""
+def check_config_paths(cfg: RunConfig, source: str = "config", overrides: Optional[dict[str, Any]] = None) -> None:
+    """Fail early on missing files and unresolvable local model references (a problem set by a ``--set``
+    override is marked with it)."""
     from kalm.models import ModelRefError, resolve_model
 
     problems: list[str] = []
@@ -199,4 +212,5 @@ def check_config_paths(cfg: RunConfig, source: str = "config") -> None:
     if cfg.generate.prompts_dir is not None and not cfg.generate.prompts_dir.is_dir():
         problems.append(f"  - generate.prompts_dir: {cfg.generate.prompts_dir} is not a folder")
     if problems:
+        problems = [_marked(line, re.match(r"  - ([\w.]+)", line).group(1), overrides) for line in problems]
         raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))

@@ -91,5 +91,5 @@ def run_config(config: Optional[str], run_id: Optional[str], overrides: Optional
         cfg = RunConfig.model_validate(_substitute(raw, "{data_dir}", str(data_dir or "<no data_dir>")))
     except ValidationError as e:
         raise ConfigError(_format_errors(e, _source(f"run {run_id}'s recorded config", overrides), overrides)) from None
-    check_config_paths(cfg, source=f"run {run_id}'s recorded config")
+    check_config_paths(cfg, source=_source(f"run {run_id}'s recorded config", overrides), overrides=overrides)
     return cfg, source, {"rerun_overrides": {**earlier, **overrides}} if overrides else {}

@@ -87,7 +87,8 @@ def _personas_cache_key(context: Any, parameters: dict[str, Any]) -> str:  # noq
     from tasks.common import content_hash
 
     cfg: GenerateConfig = parameters["cfg"]
-    return "derive-personas-" + hash_strings([cfg.personas.model_dump_json(), content_hash(cfg.personas.seed_corpus),
+    settings = cfg.personas.model_dump_json(exclude={"seed_corpus"})  # its content counts, not where it lies
+    return "derive-personas-" + hash_strings([settings, content_hash(cfg.personas.seed_corpus),
                                               backend_key(cfg), templates_hash(cfg), code_version("generate")])
 
 
@@ -195,6 +196,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
     short = persona_shortfall(cfg, personas)
     if short:
         merged.info["flags"].append(short)
+    merged.counts["personas"] = len(personas)
     merged.info["all_cached"] = cached_shards == len(results)
     merged.info["cached_shards"] = cached_shards
     merged.info["skipped_shard_indices"] = list(range(len(results), len(plan)))  # a higher cap generates these

@@ -70,6 +70,8 @@ def test_an_error_from_a_set_override_names_the_override():
     assert line.startswith("  - train.learning_rate:") and line.endswith("[from --set train.learning_rate=abc]")
     with pytest.raises(ConfigError, match=r"(?s)generate\.personas: .*\[from --set generate\.personas\.num_personas=50\]"):
         load_config("cpu-demo", {"generate.personas.num_personas": 50})
+    with pytest.raises(ConfigError, match=r"exceeds the embedding size 384 .*\[from --set train\.matryoshka_dims=\[1024\]\]"):
+        load_config("cpu-demo", {"train.matryoshka_dims": [1024]})  # a check on the student, after validation
 
 
 def test_unknown_preset_lists_presets():

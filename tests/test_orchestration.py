@@ -88,10 +88,10 @@ def test_rerun_failed_stage_with_kalm_run_from(env):
 
 
 def test_only_on_a_new_run_ends_after_the_stages_asked_for(env):
-    """`--only generate ingest` on a new run: both run, and the run ends there, done, saying how to go on
-    (it used to fail on the missing filter stage and record that failure on generate)."""
-    proc = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new", "--only", "generate", "ingest",
-                 *_overrides(env))
+    """`--only ingest` on a new run whose config turns generation off: the disabled generate stage runs
+    (skipped: it has no output to take), ingest runs, and the run ends there, done, saying how to go on (it
+    used to fail on the missing filter stage and record that failure on generate)."""
+    proc = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new", "--only", "ingest", *_overrides(env))
     assert json.loads(proc.stdout.strip().splitlines()[-1])["scores"] == {}
     m = _manifest(env, "only-new")
     assert m["status"] == "done" and m["stopped_before"] == "filter"
@@ -100,9 +100,10 @@ def test_only_on_a_new_run_ends_after_the_stages_asked_for(env):
     report = (Path(env["KALM_HOME"]) / "runs" / "only-new" / "report.md").read_text()
     assert "Stopped before **filter**" in report and "kalm run --run-id only-new --from filter" in report
     # An upstream stage that is missing is still an error (nothing to build on), not a stop.
-    missing = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new-2", "--only", "filter",
+    missing = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new-2", "--only", "train",
                     *_overrides(env), ok=False)
-    assert missing.returncode == 1 and "has no finished 'generate' stage to build on" in missing.stderr
+    assert missing.returncode == 1 and "has no finished 'ingest' stage to build on" in missing.stderr
+    assert "kalm run --run-id only-new-2 --only ingest filter train" in missing.stderr
 
 
 def test_prefect_flow_run_retry_recomputes_only_the_failed_stage(env):

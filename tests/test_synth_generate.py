@@ -149,5 +149,9 @@ def test_text_to_persona_is_a_cached_task_with_its_counts(tmp_path):
     key = _personas_cache_key(None, {"cfg": cfg})
     assert _personas_cache_key(None, {"cfg": cfg.model_copy(update={"task_types": ["retrieval"]})}) == key
     assert _personas_cache_key(None, {"cfg": cfg.model_copy(update={"model": "other/model"})}) != key
+    moved = tmp_path / "moved.jsonl"
+    moved.write_bytes(corpus.read_bytes())
+    moved_cfg = cfg.model_copy(update={"personas": cfg.personas.model_copy(update={"seed_corpus": moved})})
+    assert _personas_cache_key(None, {"cfg": moved_cfg}) == key  # the corpus's content, not where it lies
     corpus.write_text(corpus.read_text() + json.dumps({"text": "A new text."}) + "\n")
-    assert _personas_cache_key(None, {"cfg": cfg}) != key  # the corpus's content, not its name
+    assert _personas_cache_key(None, {"cfg": cfg}) != key

@@ -53,8 +53,11 @@ def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
                 "a woman", "an outfielder"]:
         assert check_persona(bad) == "not_a_persona", bad
     # Held to the pattern, over SciFact claims: the prompt said back, a phrase cut before its noun.
-    for echo in ["an example of a person who might write or read this text", "a person who reads the text"]:
+    for echo in ["an example of a person who might write or read this text", "a person who reads the text",
+                 "a person who might write or read this claim"]:
         assert check_persona(echo) == "persona_copies_prompt", echo
+    for who in ["a lawyer who drafts the text of contracts", "a linguist who studies that text type"]:
+        assert check_persona(who) is None, who
     assert check_persona("a total of") == "not_a_persona"
     # ... and with it (the pattern goes into the JSON schema the decoder is held to).
     for good in ["a person with a background in drone operations", "a man with a laptop",

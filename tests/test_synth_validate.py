@@ -69,9 +69,15 @@ def test_identifiers_urls_and_numbers_are_not_prose(raw):
 def test_short_labels_and_other_scripts_are_prose():
     from kalm.synth.validate import is_prose
 
-    for text in ["positive", "non-profit", "e-mail", "COVID-19 vaccines cut hospitalisation.", "Call 555-1234 now",
-                 "银行卡被冻结了怎么办", "Ein Hund läuft im Park.", "Top 10 tips for 2024"]:
+    # Legitimate texts a generator writes (several found by the new-user check of the first version).
+    for text in ["positive", "non-profit", "e-mail", "COVID-19 vaccines cut hospitalisation.", "Call 555-123-4567",
+                 "银行卡被冻结了怎么办", "Ein Hund läuft im Park.", "Top 10 tips for 2024", "state-of-the-art",
+                 "Port-au-Prince", "SARS-CoV-2", "client/server", "#climate_action", "jane_doe@example.com",
+                 "May 14, 2023", "2023年5月14日", "GPT-4 vs GPT-3.5", "Use git rebase -i to squash commits"]:
         assert is_prose(text), text
+    for text in ["www.example.com", "example.com", "hard negative", "Positive Text", "{query}", "<text>",
+                 "[positive]", "hardpositive", "/usr/local/bin", "a-chemist-works-with-the-world"]:
+        assert not is_prose(text), text
 
 
 def test_schema_is_closed_and_bounded():

@@ -61,7 +61,7 @@ def normalize_persona(persona: str) -> str:
 # Seen from SmolLM2-135M held to the pattern (50-persona run over SciFact claims): the prompt said back
 # ("an example of a person who might write or read this text") and phrases cut before their noun
 # ("a total of").
-_PROMPT_ECHO = re.compile(r"\b(this|that|the) text\b")
+_PROMPT_ECHO = re.compile(r"\b(write|read)s? or (write|read)s?\b|\b(this|that|the) text$")
 _UNFINISHED = {"a", "an", "the", "of", "and", "or", "with", "in", "to", "for", "who", "whose", "that", "at", "on",
                "by", "from", "as", "is", "are", "their", "his", "her"}
 
@@ -159,21 +159,28 @@ def parse_example(raw: str, keys: list[str]) -> tuple[Optional[ExampleAnswer], O
     return ExampleAnswer(**dict(zip(("query", "positive", "hard_negative"), values))), None
 
 
-# Identifier-like text: a URL, a path, a snake_case or slugged-together token ("hard_positive",
-# "bella-london-a-breach-study"). Sampled SmolLM2-135M (temperature 0.7, 50 personas): 17 of 84 accepted
-# examples had such a text or a number or formula ("1000.00%", "2.1.3.3233.120"). Words joined by at most
-# one hyphen ("e-mail", "non-profit") are prose; so is any text with a space, and CJK text (no spaces).
-_IDENTIFIER = re.compile(r"://|[_/\\]|\w-\w+-\w")
+# Text that is not language: a URL or domain, a path, a snake_case field name or a slug of words joined by
+# hyphens ("hard_positive", "bella-london-a-breach-study"), a template placeholder ("{query}", "hard negative"),
+# or mostly digits and symbols ("1000.00%", "2.1.3.3233.120"). Sampled SmolLM2-135M (temperature 0.7, 50
+# personas): 17 of 84 accepted examples had such a text. Compounds ("state-of-the-art", "Port-au-Prince",
+# "client/server"), hashtags, e-mail addresses, dates and any text with a space and enough letters are prose;
+# so is CJK text (no spaces).
+_IDENTIFIER = re.compile(r"://|^www\.|^[\w-]+(\.[a-z]{2,})+(/\S*)?$|/[^/\s]*/|\w(-\w+){4,}|\\")
+_FIELD = r"(positive|negative|query|document|passage)"
+_PLACEHOLDER = re.compile(rf"^[\[{{<(]\w+[\]}}>)]$|^hard[ _-]?{_FIELD}([ _-]?(text|example|document|passage))?$"
+                          rf"|^{_FIELD}[ _-]?(text|example)$|^(sample|example)[ _-]?text$", re.IGNORECASE)
 
 
 def is_prose(text: str) -> bool:
-    """Whether ``text`` reads as language: at least a third of its non-space characters letters (any script),
-    and not one identifier-like token."""
+    """Whether ``text`` reads as language: at least a quarter of its non-space characters letters (any
+    script), not a template placeholder, and not one identifier-like token."""
     t = text.strip()
     chars = [c for c in t if not c.isspace()]
-    if not chars or 3 * sum(c.isalpha() for c in chars) < len(chars):
+    if not chars or 4 * sum(c.isalpha() for c in chars) < len(chars) or _PLACEHOLDER.search(t):
         return False
-    return bool(re.search(r"\s", t)) or not _IDENTIFIER.search(t)
+    if re.search(r"\s", t) or t.startswith("#") or "@" in t:
+        return True
+    return not (_IDENTIFIER.search(t) or "_" in t)
 
 
 def check_example(answer: ExampleAnswer, language: str | tuple[str, str], detect=None, prompt: str = "",
@@ -190,10 +197,10 @@ def check_example(answer: ExampleAnswer, language: str | tuple[str, str], detect
             return "field_too_short"
         if len(text.strip()) > hi:
             return "field_too_long"
-    if not all(is_prose(t) for t in texts):
-        return "not_prose"  # a URL, a field name, a slug or a number instead of text
     if prompt and any(_norm(v) in _norm(prompt) for v in (answer.query, answer.positive)):
         return "copied_prompt"  # small models echo the instructions instead of writing an example
+    if not all(is_prose(t) for t in texts):
+        return "not_prose"  # a URL, a field name, a placeholder or a number instead of text
     if _norm(answer.query) == _norm(answer.positive):
         return "query_equals_positive"
     if _norm(answer.positive) == _norm(answer.hard_negative):
