@@ -255,7 +255,7 @@ def test_only_evaluate_without_a_finished_train_is_recorded_on_evaluate(tmp_path
     run.mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps({"run_id": "case13-third", "status": "failed", "stages": stages,
                                                    "scores": old}))
-    with pytest.raises(StageFailed, match=r"no finished 'train' stage .*--from train"):
+    with pytest.raises(StageFailed, match=r"no finished 'train' stage .*--only train evaluate\)"):
         retrain(config=str(config), run_id="case13-third", overrides={"runs_dir": str(runs)}, only=["evaluate"])
     m = json.loads((run / "manifest.json").read_text())
     assert m["status"] == "failed" and m["stages"]["evaluate"]["status"] == "failed"

@@ -55,13 +55,31 @@ def test_each_task_type_writes_valid_examples(backend, tmp_path):
 
 
 def test_bitext_with_several_languages(backend, tmp_path):
-    # Greedy SmolLM2-135M mostly answers in English when asked for French (rejected: wrong_language);
-    # with German and seed 1 one of its bitext answers is in both languages.
+    """Several languages add bitext prompts whose answers are checked side by side (query in one language,
+    positive in the other). Greedy SmolLM2-135M writes no bitext that passes: it answers in English or
+    writes template keys and numbers (0 accepted over seeds 1-7 with German, 1-3 with French and Spanish;
+    the one German answer accepted before the `not_prose` check was "The German translation of the German
+    sentence" / "hard_positive"). So the real model shows the prompts and the checks, and a hand-written
+    pair shows what passes."""
+    from kalm.synth.validate import ExampleAnswer, check_example, language_detector
+
     cfg = GenerateConfig(personas=PersonaSource(num_personas=3, seed=1), task_types=["sts"], languages=["en", "de"],
                          tasks_per_persona=2, seed=1, **SMALL)
     stats, rows = _shard(cfg, backend, tmp_path)
-    bitext = [r for r in rows if json.loads(r["metadata"])["template"] == "bitext"]
-    assert bitext, stats
-    for r in bitext:
-        assert r["task_type"] == "sts" and r["language"] in ("en-de", "de-en")
-        assert r["instruction"] == "Retrieve parallel sentences."
+    rejected = [json.loads(line) for p in tmp_path.glob("*.rejected.jsonl") for line in p.read_text().splitlines()]
+    answers = [r for r in rejected if r["task_type"] == "bitext"] + \
+        [r for r in rows if json.loads(r["metadata"])["template"] == "bitext"]
+    assert answers, stats  # the bitext prompts ran
+    detect = language_detector(cfg.languages)
+    for r in rows:
+        if json.loads(r["metadata"])["template"] == "bitext":  # should a seed give one: in both languages
+            src, tgt = r["language"].split("-")
+            assert r["task_type"] == "sts" and r["instruction"] == "Retrieve parallel sentences."
+            assert detect(r["query"]) == src and detect(r["positive"]) == tgt
+    pair = ExampleAnswer(query="The weather is very nice today in the park.",
+                         positive="Das Wetter ist heute im Park sehr schön.",
+                         hard_negative="Der Hund schläft den ganzen Tag im Garten.")
+    assert check_example(pair, ("en", "de"), detect) is None
+    assert check_example(pair, ("de", "en"), detect) == "wrong_language"
+    english = pair.model_copy(update={"positive": "The weather in the park is really lovely today."})
+    assert check_example(english, ("en", "de"), detect) == "wrong_language"

@@ -57,6 +57,7 @@ NOT_PROSE = [
     '{"query": "https://example.com/120", "positive": "True, 2.1.3.3233.120.126.3126", "hard_negative": "2.1, 21.1"}',
     '{"query": "bella-london-a-breach-study", "positive": "malena-research", "hard_negative": "belinda-science"}',
     '{"query": "The labels are: 1000.00% and more.", "positive": "1000.00%", "hard_negative": "1.0f %1.0"}',
+    '{"query": "The translation quality of", "positive": "4.5, hard_negative:", "hard_negative": "La calidad"}',
 ]
 
 

@@ -160,7 +160,8 @@ def parse_example(raw: str, keys: list[str]) -> tuple[Optional[ExampleAnswer], O
 
 
 # Text that is not language: a URL or domain, a path, a snake_case field name or a slug of words joined by
-# hyphens ("hard_positive", "bella-london-a-breach-study"), a template placeholder ("{query}", "hard negative"),
+# hyphens ("hard_positive", "bella-london-a-breach-study"), a template placeholder or key ("{query}",
+# "hard negative", "4.5, hard_negative:"),
 # or mostly digits and symbols ("1000.00%", "2.1.3.3233.120"). Sampled SmolLM2-135M (temperature 0.7, 50
 # personas): 17 of 84 accepted examples had such a text. Compounds ("state-of-the-art", "Port-au-Prince",
 # "client/server"), hashtags, e-mail addresses, dates and any text with a space and enough letters are prose;
@@ -171,13 +172,16 @@ _PLACEHOLDER = re.compile(rf"^[\[{{<(]\w+[\]}}>)]$|^hard[ _-]?{_FIELD}([ _-]?(te
                           rf"|^{_FIELD}[ _-]?(text|example)$|^(sample|example)[ _-]?text$", re.IGNORECASE)
 
 
+_KEY_LEAK = re.compile(r"\bhard_(positive|negative)|\b\w+_(query|document|passage)\b", re.IGNORECASE)
+
+
 def is_prose(text: str) -> bool:
     """Whether ``text`` reads as language: at least a quarter of its non-space characters letters (any
     script), not a template placeholder, and not one identifier-like token."""
     t = text.strip()
     chars = [c for c in t if not c.isspace()]
-    if not chars or 4 * sum(c.isalpha() for c in chars) < len(chars) or _PLACEHOLDER.search(t):
-        return False
+    if not chars or 4 * sum(c.isalpha() for c in chars) < len(chars) or _PLACEHOLDER.search(t) or _KEY_LEAK.search(t):
+        return False  # ... or a JSON key of the template written into the text ("4.5, hard_negative:")
     if re.search(r"\s", t) or t.startswith("#") or "@" in t:
         return True
     return not (_IDENTIFIER.search(t) or "_" in t)
