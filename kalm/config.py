@@ -74,17 +74,15 @@ def _shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _overrides_behind(loc: str, overrides: Optional[dict[str, Any]]) -> list[str]:
-    """The ``--set`` overrides that touch setting ``loc``: the setting itself, one inside it (a check
-    across a section's settings) or the section holding it."""
-    return [f"{k}={_shown(v)}" for k, v in (overrides or {}).items()
-            if k == loc or k.startswith(loc + ".") or loc.startswith(k + ".")]
-
-
 def _marked(line: str, loc: str, overrides: Optional[dict[str, Any]]) -> str:
-    """``line`` (an error about setting ``loc``) marked with the ``--set`` overrides behind it, if any."""
-    behind = _overrides_behind(loc, overrides)
-    return line + (f" [from --set {', --set '.join(behind)}]" if behind else "")
+    """``line`` (an error about setting ``loc``) marked with the ``--set`` overrides behind it: the setting
+    itself or the section holding it ("from"), or, for a check across a section's settings, the overrides
+    inside that section (which of them the check read is unknown, so they are listed, not blamed)."""
+    sets = {k: f"{k}={_shown(v)}" for k, v in (overrides or {}).items()}
+    behind = [s for k, s in sets.items() if k == loc or loc.startswith(k + ".")]
+    inside = [s for k, s in sets.items() if k.startswith(loc + ".")]
+    return (line + (f" [from --set {', --set '.join(behind)}]" if behind else "")
+            + (f" [set in this section: --set {', --set '.join(inside)}]" if inside else ""))
 
 
 def _format_errors(err: ValidationError, source: str, overrides: Optional[dict[str, Any]] = None) -> str:

@@ -68,8 +68,16 @@ def test_an_error_from_a_set_override_names_the_override():
     head, line = str(e.value).splitlines()[:2]
     assert head.endswith("cpu-demo.yaml with --set train.learning_rate=abc --set train.max_steps=3:")
     assert line.startswith("  - train.learning_rate:") and line.endswith("[from --set train.learning_rate=abc]")
-    with pytest.raises(ConfigError, match=r"(?s)generate\.personas: .*\[from --set generate\.personas\.num_personas=50\]"):
+    with pytest.raises(ConfigError, match=r"(?s)generate\.personas: .*\[set in this section: --set "
+                                          r"generate\.personas\.num_personas=50\]"):
         load_config("cpu-demo", {"generate.personas.num_personas": 50})
+    # A check across the generate section (token budget vs lengths) lists the section's overrides without
+    # blaming them: here the seed, which the check does not read (case 16's config).
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu-demo", {"generate.max_new_tokens": 16, "generate.seed": 3})
+    line = next(x for x in str(e.value).splitlines() if x.startswith("  - generate:"))
+    assert "[from --set" not in line
+    assert line.endswith("[set in this section: --set generate.max_new_tokens=16, --set generate.seed=3]")
     with pytest.raises(ConfigError, match=r"exceeds the embedding size 384 .*\[from --set train\.matryoshka_dims=\[1024\]\]"):
         load_config("cpu-demo", {"train.matryoshka_dims": [1024]})  # a check on the student, after validation
 
