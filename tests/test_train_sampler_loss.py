@@ -189,6 +189,9 @@ def _two_rank_loss(rank: int, init: str, out: str) -> None:
     ib = torch.ones(2, dtype=torch.bool)
     losses = [float(info_nce(q, d, ib, 1, 0.01)), float(info_nce(q, d, ib, 1, 0.01, **kw))]
     torch.save(losses, f"{out}/rank{rank}.pt")
+    # Both ranks reach teardown together: a rank that destroys gloo while the other still runs its last
+    # collective can abort the other ("terminate called without an active exception", seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -25,6 +25,8 @@ def main() -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         atomic_write_json(Path(args.out) / "summary.json", summary)
     if dist.is_initialized():
+        # Tear gloo/NCCL down together: a rank leaving while another still talks can abort it.
+        dist.barrier()
         dist.destroy_process_group()
 
 
