@@ -80,9 +80,10 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
 
     def stage(name: str, call, upstream: list[StageResult], **kwargs: Any) -> StageResult:
         if name not in todo:
-            if STAGES.index(name) > last_asked and not has_stored_result(store, name):
+            stored = has_stored_result(store, name)  # one manifest read decides the three cases below
+            if STAGES.index(name) > last_asked and not stored:
                 raise _StopBefore(name)  # e.g. `--only generate` on a new run: nothing after it to take
-            if not has_stored_result(store, name) and getattr(getattr(cfg, name, None), "enabled", True) is False:
+            if not stored and getattr(getattr(cfg, name, None), "enabled", True) is False:
                 # A disabled stage has no output to take and costs nothing to run: `--only ingest` on a
                 # new run whose config turns generation off needs no `generate` first.
                 return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name),

@@ -21,7 +21,19 @@ STAGES = ("generate", "ingest", "filter", "train", "evaluate", "report")
 
 
 class StageFailed(RuntimeError):
-    """A stage raised; the manifest and report already say which and why."""
+    """A stage raised; the manifest and report already say which and why.
+
+    ``data_fault``: the cause is the user's to fix, in the inputs (a ``kalm.errors.DataError``: file, row,
+    field, fix) or in the command (no finished stage to build on); retrying cannot help. ``kalm run`` then
+    exits 2, as ``kalm eval`` does for a bad task file, and 1 for any other failure.
+    """
+
+    def __init__(self, message: str, data_fault: bool = False):
+        super().__init__(message)
+        self.data_fault = data_fault
+
+    def __reduce__(self):  # pickled (Prefect states, Dask/Ray workers) with its flag
+        return type(self), (str(self), self.data_fault)
 
 
 class DataFaultWithoutTraceback(logging.Filter):
@@ -79,7 +91,7 @@ def record_failure(store: RunStore, stage: str, error: Exception, start: float) 
     store.record_stage(stage, status="failed", seconds=round(time.perf_counter() - start, 2),
                        error=f"{type(error).__name__}: {error}",
                        log_tail=None if data_fault else traceback.format_exc()[-3000:])
-    failed = StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}")
+    failed = StageFailed(f"stage {stage!r} failed: {type(error).__name__}: {error}", data_fault=data_fault)
     failed.__cause__, failed.__suppress_context__ = (None if data_fault else error), True
     return failed
 
@@ -165,6 +177,6 @@ def stored_result(store: RunStore, stage: str, asked: Sequence[str] = ()) -> Sta
         fix = (f"--only {stage} {' '.join(asked)}" if asked else f"--from {stage}")
         raise StageFailed(
             f"run {store.run_id!r} has no finished {stage!r} stage to build on; run it first "
-            f"(kalm run --run-id {store.run_id} {fix})"
+            f"(kalm run --run-id {store.run_id} {fix})", data_fault=True
         )
     return StageResult.model_validate(entry["result"])

@@ -6,6 +6,9 @@
     kalm ui   [--port 4200]
     kalm check-config FILE|PRESET
 
+Exit status: 0 done; 2 the input or the command is the user's to fix (a bad config, a bad row in a data
+or task file, no finished stage to build on); 1 a stage failed otherwise (a retry may help).
+
 ``eval`` and ``check-config`` need no Prefect; ``run`` and ``ui`` import the orchestration
 layer (flows/) lazily, so this module keeps kalm's rule of no Prefect import at load time.
 """
@@ -61,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           only=args.only or None, start=args.start)
     except StageFailed as e:  # the manifest and report hold the details; the user needs the reason and fix
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if e.data_fault else 1
     print(json.dumps({k: summary[k] for k in ("run_id", "run_dir", "report")} |
                      {"scores": {m: s.get("average") for m, s in summary["scores"].items()}}))
     return 0
@@ -72,14 +75,24 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     overrides = _parse_sets(args.set or [])
     try:
-        load_config(args.config, overrides)
+        spec = load_config(args.config, overrides).ablation
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    unknown = [v for v in args.variants or [] if v not in spec.variants]
+    if unknown or (args.seeds is not None and args.seeds < 1):  # before Prefect starts, as for a bad config
+        print(f"error: unknown variants {unknown}: choose from {', '.join(spec.variants)} (ablation.variants)"
+              if unknown else f"error: --seeds {args.seeds}: an ablation needs at least one seed", file=sys.stderr)
+        return 2
     from flows.ablation import ablation
+    from flows.stage_runner import StageFailed
 
-    result = ablation(config=args.config, variants=args.variants or None, overrides=overrides or None,
-                      ablation_id=args.ablation_id, seeds=list(range(args.seeds)) if args.seeds else None)
+    try:
+        result = ablation(config=args.config, variants=args.variants or None, overrides=overrides or None,
+                          ablation_id=args.ablation_id, seeds=list(range(args.seeds)) if args.seeds else None)
+    except StageFailed as e:  # a variant's run failed: its manifest and report say which stage and why
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if e.data_fault else 1
     print(Path(result["markdown"]).read_text())
     print(json.dumps({"ablation_id": result["ablation_id"], "markdown": result["markdown"],
                       "average": {k: round(v, 4) for k, v in result["average"].items()},

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -182,7 +181,7 @@ def check_config_paths(cfg: RunConfig, source: str = "config", overrides: Option
     override is marked with it)."""
     from kalm.models import ModelRefError, resolve_model
 
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (setting, what is wrong and the fix)
     refs = {"train.student": cfg.train.student, "filter.teacher": cfg.filter.teacher}
     if cfg.generate.enabled:
         refs["generate.model"] = cfg.generate.model
@@ -192,23 +191,26 @@ def check_config_paths(cfg: RunConfig, source: str = "config", overrides: Option
         try:
             resolve_model(ref)
         except ModelRefError as e:
-            problems.append(f"  - {field}: {e}")
+            problems.append((field, str(e)))
     for i, ds in enumerate(cfg.ingest.datasets):
         if ds.path is not None and not ds.path.exists() and ds.hf_name is None:
-            problems.append(f"  - ingest.datasets.{i}.path: {ds.path} does not exist; fix the path or remove dataset {ds.name!r}")
+            problems.append((f"ingest.datasets.{i}.path",
+                             f"{ds.path} does not exist; fix the path or remove dataset {ds.name!r}"))
     p = cfg.generate.personas
     for field, value in (("path", p.path), ("seed_corpus", p.seed_corpus)):
         if cfg.generate.enabled and value is not None and not Path(value).exists():
-            problems.append(f"  - generate.personas.{field}: {value} does not exist; fix the path or remove the key")
+            problems.append((f"generate.personas.{field}", f"{value} does not exist; fix the path or remove the key"))
     if cfg.train.matryoshka_dims or cfg.evaluate.matryoshka_dim:
         from kalm.training.config import matryoshka_problems, student_embedding_size
 
         size = student_embedding_size(cfg.train.student)  # None for a hub student not available here
         if size is not None:
-            problems += [f"  - {p}" for p in matryoshka_problems(cfg.train.matryoshka_dims,
-                                                                 cfg.evaluate.matryoshka_dim, size, cfg.train.student)]
+            # Each message starts with the setting it is about ("train.matryoshka_dims [...]: ...").
+            problems += [(m.split(" ", 1)[0], m) for m in matryoshka_problems(
+                cfg.train.matryoshka_dims, cfg.evaluate.matryoshka_dim, size, cfg.train.student)]
     if cfg.generate.prompts_dir is not None and not cfg.generate.prompts_dir.is_dir():
-        problems.append(f"  - generate.prompts_dir: {cfg.generate.prompts_dir} is not a folder")
+        problems.append(("generate.prompts_dir", f"{cfg.generate.prompts_dir} is not a folder"))
     if problems:
-        problems = [_marked(line, re.match(r"  - ([\w.]+)", line).group(1), overrides) for line in problems]
-        raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
+        lines = [_marked(f"  - {m}" if m.startswith(loc + " ") else f"  - {loc}: {m}", loc, overrides)
+                 for loc, m in problems]
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines))

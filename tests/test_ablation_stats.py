@@ -77,3 +77,14 @@ def test_an_experiment_stopped_part_way_has_its_table_so_far(tmp_path):
     scores["no-filter"][1] = _s(0.80, STSBenchmark=0.81, MasakhaNEWSClusteringS2S=0.79)
     _write(tmp_path, cfg, ["full", "no-filter"], seeds, None, scores, {})
     assert "Runs finished so far" not in (tmp_path / "ablation.md").read_text()  # complete: no progress line
+
+
+def test_ablate_refuses_unknown_variants_and_zero_seeds_before_prefect_starts(capsys):
+    """Named like a bad config: exit 2 with the choices, no flow run, no traceback."""
+    from kalm.cli import main
+
+    assert main(["ablate", "--config", "cpu-levers", "--variants", "full", "no-filtr"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown variants ['no-filtr']: choose from full, no-filter,"), err
+    assert main(["ablate", "--config", "cpu-levers", "--seeds", "0"]) == 2
+    assert "at least one seed" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def _manifest(env: dict[str, str], run_id: str) -> dict:
 def test_rerun_failed_stage_with_kalm_run_from(env):
     failed = _kalm({**env, "KALM_INJECT_FAULT": "filter"}, "run", "--config", str(TINY), "--run-id", "faulty",
                    *_overrides(env), ok=False)
-    assert failed.returncode != 0 and "fault injected into stage 'filter'" in failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "fault injected into stage 'filter'" in failed.stdout + failed.stderr
     m = _manifest(env, "faulty")
     assert m["status"] == "failed" and m["stages"]["filter"]["status"] == "failed"
     assert "fault injected" in m["stages"]["filter"]["error"]
@@ -102,7 +102,7 @@ def test_only_on_a_new_run_ends_after_the_stages_asked_for(env):
     # An upstream stage that is missing is still an error (nothing to build on), not a stop.
     missing = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new-2", "--only", "train",
                     *_overrides(env), ok=False)
-    assert missing.returncode == 1 and "has no finished 'ingest' stage to build on" in missing.stderr
+    assert missing.returncode == 2 and "has no finished 'ingest' stage to build on" in missing.stderr
     assert "kalm run --run-id only-new-2 --only ingest filter train" in missing.stderr
 
 

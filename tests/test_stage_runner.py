@@ -1,6 +1,7 @@
 """How a stage's failure is recorded and raised (flows/stage_runner.py): a fault in the inputs is told
 by its message alone; any other error keeps its traceback in the manifest and as the raised cause."""
 
+import pickle
 import traceback
 
 import pytest
@@ -29,6 +30,8 @@ def test_a_data_fault_is_its_message_without_traceback_or_cause(tmp_path):
     entry = store.read_manifest()["stages"]["ingest"]
     assert entry["status"] == "failed" and entry["error"].startswith("DataError: dataset 'd'")
     assert not entry.get("log_tail")
+    assert failed.data_fault  # `kalm run` exits 2 on it, as `kalm eval` does for a bad task file
+    assert pickle.loads(pickle.dumps(failed)).data_fault  # through Prefect's states and remote workers
 
 
 def test_any_other_error_keeps_its_traceback_and_cause(tmp_path):
@@ -39,3 +42,4 @@ def test_any_other_error_keeps_its_traceback_and_cause(tmp_path):
     assert "KeyError: 'student'" in "".join(traceback.format_exception(failed))
     entry = store.read_manifest()["stages"]["ingest"]
     assert entry["error"] == "KeyError: 'student'" and "Traceback" in entry["log_tail"]
+    assert not failed.data_fault  # `kalm run` exits 1

@@ -143,6 +143,8 @@ def test_text_to_persona_is_a_cached_task_with_its_counts(tmp_path):
     report = out["report"]
     assert report["kept"] == 2 and report["texts_read"] >= 4 and report["seconds"] > 0
     assert report["texts_read"] >= report["kept"] + sum(report["rejected"].values())  # the rest: duplicates
+    # The dropped answers themselves, a few per reason, to see what the model wrote.
+    assert {r: len(v) for r, v in report["rejected_sample"].items()} == {r: min(n, 5) for r, n in report["rejected"].items()}
     stats = merge_shards(cfg, [], tmp_path / "merged", planned=0, personas_report=report).info["stats"]
     assert stats["personas"] == report
 

@@ -64,6 +64,21 @@ def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
                  "an old man with a scarf", "a   person who loves  to read", "a textbook author who writes for nurses"]:
         assert check_persona(good) is None, good
     assert persona_schema()["properties"]["persona"]["pattern"].startswith("^(a|an) ")
+    # Servers that ignore the pattern write PersonaHub's own spellings: capitals, digits, accents pass.
+    for good in ["A Python developer who maintains open-source libraries", "an NHS nurse on night shifts",
+                 "a 35-year-old teacher in Lyon", "a café owner in Montréal", "An R&D engineer at a battery maker"]:
+        assert check_persona(good) is None, good
+    for bad in ["a {{role}} who writes", "a user_name who reads", "A person who writes or reads This Text",
+                "A Total Of", "The nurse on night shifts"]:
+        assert check_persona(bad) is not None, bad
+
+
+def test_derived_personas_keep_one_spelling_of_the_article():
+    from kalm.synth.personas import _article_lowered
+
+    assert _article_lowered("A Python developer") == "a Python developer"
+    assert _article_lowered("An NHS nurse") == "an NHS nurse"
+    assert _article_lowered("a nurse") == "a nurse" and _article_lowered("Apple fan club") == "Apple fan club"
 
 
 def test_bad_persona_file_names_line_and_fix(tmp_path):

@@ -15,6 +15,7 @@ from kalm.synth.config import SEED_PERSONAS, GenerateConfig
 from kalm.synth.validate import normalize_persona
 
 log = logging.getLogger(__name__)
+REJECT_SAMPLE_PER_REASON = 5  # dropped persona answers kept per reason in the report, for inspection
 ROUND_SLACK = 1.25  # a later text-to-persona round reads 25 % more texts than the yield so far says it needs
 
 
@@ -80,7 +81,8 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
     round is always those ``2 * num_personas`` texts, later rounds are sized by the yield so far;
     the result keeps the first ``num_personas`` in corpus order, so growing ``num_personas``
     extends the list instead of reshuffling it (finished shards stay cached). ``report``, when given,
-    receives ``texts_read``, ``kept``, ``rejected`` (answers dropped, by reason) and ``seconds``.
+    receives ``texts_read``, ``kept``, ``rejected`` (answers dropped, by reason), ``rejected_sample``
+    (the first few dropped answers of each reason, as written, to see what the model does) and ``seconds``.
     """
     from kalm.synth.prompts import render
     from kalm.synth.validate import PersonaAnswer, check_persona, parse, persona_schema
@@ -89,6 +91,7 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
         raise ValueError("deriving personas from generate.personas.seed_corpus needs the LLM backend")
     start = time.perf_counter()
     want, found, used, rejected = cfg.personas.num_personas, {}, 0, Counter()
+    sample: dict[str, list[str]] = {}
     while len(found) < want and used < len(texts):
         need = want - len(found)
         texts_per_persona = used / max(len(found), 1)  # the yield so far
@@ -100,12 +103,20 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
             answer, reason = parse(raw, PersonaAnswer)
             reason = reason or check_persona(answer.persona)
             if reason is None:
-                found.setdefault(normalize_persona(answer.persona), None)
+                found.setdefault(_article_lowered(normalize_persona(answer.persona)), None)
             else:
                 rejected[reason] += 1
+                if len(sample.setdefault(reason, [])) < REJECT_SAMPLE_PER_REASON:
+                    sample[reason].append(str(raw)[:300])
     log.info("text-to-persona: %d texts read, %d distinct personas kept, rejected: %s",
              used, min(len(found), want), dict(rejected) or "none")
     if report is not None:
-        report.update(texts_read=used, kept=min(len(found), want), rejected=dict(rejected),
+        report.update(texts_read=used, kept=min(len(found), want), rejected=dict(rejected), rejected_sample=sample,
                       seconds=round(time.perf_counter() - start, 2))
     return list(found)[:want]
+
+
+def _article_lowered(persona: str) -> str:
+    """"A nurse ..." -> "a nurse ...": one spelling per derived persona, whichever case the model chose."""
+    head, _, rest = persona.partition(" ")
+    return f"{head.lower()} {rest}" if head in ("A", "An") else persona

@@ -38,9 +38,6 @@ class PersonaAnswer(BaseModel):
 # fill a free JSON string, SmolLM2-135M answered 0 of 40 texts with a persona ("<NAME> (2016)",
 # "{{name}}", "<unknown>"); held to it, 38 of 40 read as one. Servers that ignore the pattern
 # are checked after the fact (check_persona).
-PERSONA_PATTERN = r"(a|an) [a-z][a-z ,'-]*"
-
-
 def persona_schema() -> dict[str, Any]:
     """The persona answer's schema. Its length bound lives inside the pattern (a bounded repetition),
     not in minLength/maxLength beside it: xgrammar cannot compile a pattern with length keywords
@@ -66,14 +63,23 @@ _UNFINISHED = {"a", "an", "the", "of", "and", "or", "with", "in", "to", "for", "
                "by", "from", "as", "is", "are", "their", "his", "her"}
 
 
+# The after-the-fact check is wider than the decoding pattern: a server that ignores the pattern (or a
+# larger model) writes PersonaHub's own spellings, "A Python developer ...", "an NHS nurse", "a
+# 35-year-old teacher", "a café owner"; markup and template slots ("<em>", "{{name}}", "user_name")
+# still fail it, as their brackets and underscores are outside the allowed characters.
+_PERSONA_CHECK = re.compile(r"[Aa]n? [^\W_](?:[^\W_]|[ ,'’./&()+-])*")
+
+
 def check_persona(persona: str) -> Optional[str]:
-    """``None`` for an answer that reads as PersonaHub's "a/an <who>" (at least three words), else the
-    reason it is dropped: "not_a_persona" (another form, or a phrase cut before it ends: "a total of")
-    or "persona_copies_prompt" (it describes the prompt's text instead of a person)."""
+    """``None`` for an answer that reads as PersonaHub's "a/an <who>" (at least three words; capitals,
+    digits and accented letters allowed, as in "A Python developer"), else the reason it is dropped:
+    "not_a_persona" (another form, markup or a template slot, or a phrase cut before it ends: "a total
+    of") or "persona_copies_prompt" (it describes the prompt's text instead of a person)."""
     text = normalize_persona(persona)
-    if not re.fullmatch(PERSONA_PATTERN, text) or len(text.split()) < 3 or text.split()[-1] in _UNFINISHED:
+    words = text.split()
+    if not _PERSONA_CHECK.fullmatch(text) or len(words) < 3 or words[-1].lower() in _UNFINISHED:
         return "not_a_persona"
-    return "persona_copies_prompt" if _PROMPT_ECHO.search(text) else None
+    return "persona_copies_prompt" if _PROMPT_ECHO.search(text.lower()) else None
 
 
 def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict[str, Any]:
