@@ -59,7 +59,7 @@ def quiet_data_faults(logger_name: str = "prefect.flow_runs") -> None:
 
 
 def _outputs_exist(result: StageResult) -> bool:
-    return all(Path(p).exists() for p in result.outputs)
+    return not result.missing_outputs()
 
 
 def check_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> None:
@@ -69,7 +69,7 @@ def check_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> No
     cannot reappear by retrying, so the stage stops before it starts and says how to recompute it.
     """
     for r in upstream:
-        gone = [Path(p) for p in r.outputs if not Path(p).exists()]
+        gone = r.missing_outputs()
         if gone:
             from kalm.errors import MissingInputError
 

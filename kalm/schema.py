@@ -142,18 +142,37 @@ def load_dataset(paths: Iterable[Path]):
 # ---------------------------------------------------------------- shards
 ROWS_PER_SHARD = 100_000
 SHARD_GLOB = "part-*.parquet"
+# The folder's own list of its shards, written with them: a shard deleted later is then an error naming it,
+# not a dataset silently one shard shorter. The leading "_" keeps it out of pyarrow datasets' reads (which
+# skip "_"/"." files) and of the "*.parquet" globs of `datasets`.
+PARTS_FILE = "_parts.json"
+
+
+def missing_shards(path: Path | str) -> list[Path]:
+    """The shards a shard folder's ``_parts.json`` lists that are not there (``[]`` for a file, or a
+    folder written before the list existed)."""
+    listing = Path(path) / PARTS_FILE
+    if not listing.is_file():
+        return []
+    return [Path(path) / part["name"] for part in json.loads(listing.read_text())["parts"]
+            if not (Path(path) / part["name"]).is_file()]
 
 
 def shard_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
     """Parquet files of ``paths``: a file stays itself, a shard folder gives its ``part-*.parquet`` in order.
 
     Raises:
-        FileNotFoundError: a path that does not exist (named, with what to do).
+        FileNotFoundError: a path that does not exist, or a shard its folder lists that is gone (named,
+            with what to do).
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
+            gone = missing_shards(p)
+            if gone:
+                raise FileNotFoundError(f"{p}: {len(gone)} of its shards are missing ({', '.join(g.name for g in gone[:3])}"
+                                        f"{' ...' if len(gone) > 3 else ''}; deleted?): rerun the stage that writes it")
             out += sorted(p.glob(SHARD_GLOB))
         elif p.is_file():
             out.append(p)
@@ -247,6 +266,9 @@ class ShardWriter:
                 self._open_shard()  # an empty dataset is still a dataset with a schema
             if self._writer is not None:
                 self._writer.close()
+            if exc_type is None:
+                parts = [{"name": n, "rows": pq.ParquetFile(self._tmp / n).metadata.num_rows} for n in self._names]
+                (self._tmp / PARTS_FILE).write_text(json.dumps({"rows": self.rows, "parts": parts}))
         finally:
             self._ctx.__exit__(exc_type, exc, tb)
         if exc_type is None:

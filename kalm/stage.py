@@ -56,6 +56,15 @@ class StageResult(BaseModel):
                 return p
         raise KeyError(f"stage {self.stage!r} has no output named {name!r}; it has {[p.name for p in self.outputs]}")
 
+    def missing_outputs(self) -> list[Path]:
+        """Outputs that are not there: deleted files and folders, and shards deleted from a shard folder
+        (``kalm.schema.missing_shards``). A cached result with any cannot be served; a stage reading them
+        cannot run."""
+        from kalm.schema import missing_shards
+
+        gone = [p for p in self.outputs if not Path(p).exists()]
+        return gone + [s for p in self.outputs if p not in gone for s in missing_shards(p)]
+
     def parquet_files(self) -> list[Path]:
         return [p for p in self.outputs if p.suffix == ".parquet"]
 

@@ -178,7 +178,7 @@ def _generate_flow(cfg: GenerateConfig, run_dir: str) -> StageResult:
         for state in states:
             r = state.result()  # raises the shard's error once its retries are spent
             cached_shards += state.name == "Cached"
-            if not all(Path(p).exists() for p in r.outputs):  # cached result whose files were deleted
+            if r.missing_outputs():  # cached result whose files (or shards) were deleted
                 i = len(results)
                 r = generate_shard_task.with_options(refresh_cache=True)(cfg, todo[i], i, run_dir)
             if Path(r.out_dir).resolve() != shards_dir.resolve():

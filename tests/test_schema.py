@@ -63,6 +63,28 @@ def test_shard_writer_bounds_shards_and_streams_back(tmp_path):
         shard_files([tmp_path / "missing.parquet"])
 
 
+def test_a_shard_deleted_from_its_folder_is_named_not_skipped(tmp_path):
+    """A shard folder lists its shards (``_parts.json``, which pyarrow's reads skip): a shard deleted later
+    is an error naming it, not a dataset silently one shard shorter."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from kalm.schema import PARTS_FILE, ShardWriter, missing_shards, shard_files
+
+    folder = tmp_path / "kept.parquet"
+    with ShardWriter(folder, rows_per_shard=2) as w:
+        w.write([Example(task_type="retrieval", query=f"q{i}", positive=f"p{i}", source="s") for i in range(5)])
+    assert json.loads((folder / PARTS_FILE).read_text()) == {"rows": 5, "parts": [
+        {"name": "part-00000.parquet", "rows": 2}, {"name": "part-00001.parquet", "rows": 2},
+        {"name": "part-00002.parquet", "rows": 1}]}
+    assert pq.read_table(folder).num_rows == 5 and missing_shards(folder) == []
+    (folder / "part-00002.parquet").unlink()  # the last one: no gap in the numbering shows it
+    assert missing_shards(folder) == [folder / "part-00002.parquet"]
+    with pytest.raises(FileNotFoundError, match=r"kept\.parquet: 1 of its shards are missing \(part-00002\.parquet"):
+        shard_files(folder)
+
+
 def test_shard_writer_leaves_nothing_on_error(tmp_path):
     from kalm.schema import ShardWriter
 
