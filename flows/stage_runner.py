@@ -46,7 +46,7 @@ class DataFaultWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, StageFailed) and error.__cause__ is None:
+        if isinstance(error, StageFailed) and error.data_fault:  # the flag survives pickling; __cause__ does not
             record.exc_info, record.exc_text = None, None
         return True
 

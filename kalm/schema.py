@@ -143,19 +143,22 @@ def load_dataset(paths: Iterable[Path]):
 ROWS_PER_SHARD = 100_000
 SHARD_GLOB = "part-*.parquet"
 # The folder's own list of its shards, written with them: a shard deleted later is then an error naming it,
-# not a dataset silently one shard shorter. The leading "_" keeps it out of pyarrow datasets' reads (which
-# skip "_"/"." files) and of the "*.parquet" globs of `datasets`.
-PARTS_FILE = "_parts.json"
+# not a dataset silently one shard shorter. A hidden file, so every reader of the folder skips it: pyarrow
+# datasets, `datasets.load_dataset("parquet", data_dir=...)` and ``data_files="folder/*"``, and hash_path.
+PARTS_FILE = ".parts.json"
 
 
 def missing_shards(path: Path | str) -> list[Path]:
-    """The shards a shard folder's ``_parts.json`` lists that are not there (``[]`` for a file, or a
-    folder written before the list existed)."""
+    """The shards a shard folder's ``.parts.json`` lists that are not there (``[]`` for a file, or a folder
+    written before the list existed or by another tool); a damaged listing is reported as missing itself."""
     listing = Path(path) / PARTS_FILE
     if not listing.is_file():
         return []
-    return [Path(path) / part["name"] for part in json.loads(listing.read_text())["parts"]
-            if not (Path(path) / part["name"]).is_file()]
+    try:
+        names = [part["name"] for part in json.loads(listing.read_text())["parts"]]
+    except (ValueError, KeyError, TypeError):
+        return [listing]
+    return [Path(path) / n for n in names if not (Path(path) / n).is_file()]
 
 
 def shard_files(paths: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -261,16 +264,22 @@ class ShardWriter:
             offset += take
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            try:
+                if self._writer is not None:
+                    self._writer.close()
+            finally:
+                self._ctx.__exit__(exc_type, exc, tb)  # the temporary folder is removed, nothing published
+            return False
         try:
-            if exc_type is None and self._writer is None:
+            if self._writer is None:
                 self._open_shard()  # an empty dataset is still a dataset with a schema
-            if self._writer is not None:
-                self._writer.close()
-            if exc_type is None:
-                parts = [{"name": n, "rows": pq.ParquetFile(self._tmp / n).metadata.num_rows} for n in self._names]
-                (self._tmp / PARTS_FILE).write_text(json.dumps({"rows": self.rows, "parts": parts}))
-        finally:
-            self._ctx.__exit__(exc_type, exc, tb)
-        if exc_type is None:
-            self.files = [self.folder / n for n in self._names]
+            self._writer.close()
+            parts = [{"name": n, "rows": pq.ParquetFile(self._tmp / n).metadata.num_rows} for n in self._names]
+            (self._tmp / PARTS_FILE).write_text(json.dumps({"rows": self.rows, "parts": parts}))
+        except BaseException as e:  # finishing failed (a full disk): publish nothing rather than a partial folder
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._ctx.__exit__(None, None, None)
+        self.files = [self.folder / n for n in self._names]
         return False

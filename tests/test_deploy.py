@@ -206,6 +206,7 @@ t = torch.tensor([float(dist.get_rank() + 1)])
 dist.all_reduce(t)
 out = os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json")
 json.dump({"sum": t.item(), "world": dist.get_world_size(), "node": int(os.environ["GROUP_RANK"])}, open(out, "w"))
+dist.barrier()  # tear down together (a rank leaving mid-collective can abort the other)
 dist.destroy_process_group()
 """
 

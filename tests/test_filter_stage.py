@@ -35,7 +35,7 @@ def test_ranks_match_brute_force_and_mining_is_safe(sts_examples, tmp_path, mini
                        use_instructions=False, rows_per_shard=50)
     result = run_filter(cfg, [sts_examples], tmp_path / "out", tmp_path / "cache")
     # Shard folders that users still read as one table.
-    assert (tmp_path / "out" / "kept.parquet").is_dir() and len(list((tmp_path / "out" / "kept.parquet").iterdir())) > 1
+    assert (tmp_path / "out" / "kept.parquet").is_dir() and len(list((tmp_path / "out" / "kept.parquet").glob("part-*.parquet"))) > 1
     kept = pq.read_table(tmp_path / "out" / "kept.parquet").to_pylist()
     dropped = read_examples(tmp_path / "out" / "dropped.parquet").to_pylist()
     assert result.counts["kept"] == len(kept) and len(kept) + len(dropped) == result.counts["input"]

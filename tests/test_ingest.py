@@ -96,6 +96,23 @@ def test_file_larger_than_a_shard_writes_several_shards_equal_to_one_shot_read(t
     assert json.loads((tmp_path / "many" / "stats.json").read_text())["datasets"]["p"]["examples"] == 1000
 
 
+def test_a_shard_folder_as_input_with_a_shard_deleted_is_an_error_naming_it(tmp_path):
+    """Another run's shard folder as a dataset path (`path: runs/<id>/ingest/p.parquet`): with one of its
+    shards deleted, ingest names the shard instead of reading a dataset silently one shard shorter (the
+    folder's .parts.json lists what it holds; pyarrow and `datasets` skip that hidden file)."""
+    f = tmp_path / "pairs.jsonl"
+    _write_pairs(f, 1000)
+    first = run_ingest(IngestConfig(datasets=[DatasetSource(name="p", path=f, format="pairs")], rows_per_shard=300),
+                       tmp_path / "first")
+    folder = first.parquet_files()[0].parent
+    again = IngestConfig(datasets=[DatasetSource(name="again", path=folder)], rows_per_shard=300)
+    assert run_ingest(again, tmp_path / "whole").counts["examples"] == 1000  # the folder is a dataset
+    (folder / "part-00003.parquet").unlink()  # the last shard: no gap in the numbering shows it
+    with pytest.raises(IngestError, match=r"dataset 'again': .*p\.parquet: 1 of its shards are missing "
+                                          r"\(part-00003\.parquet; deleted\?\)"):
+        run_ingest(again, tmp_path / "short")
+
+
 def test_hub_style_datasets_are_streamed(tmp_path):
     """A local folder loaded by datasets.load_dataset(..., streaming=True) stands in for the hub, and a
     folder saved with save_to_disk is read memory-mapped; both in Arrow batches."""

@@ -186,31 +186,6 @@ def test_a_data_error_fails_its_stage_with_the_message_alone(tmp_path):
     assert "no column 'positive'" in report and "Traceback" not in report
 
 
-def test_a_shard_deleted_from_a_stage_folder_stops_the_next_stage_like_a_deleted_file(tmp_path):
-    """Case 13 B's kind with a shard folder: `rm runs/<id>/filter/kept.parquet/part-00001.parquet` (the folder
-    stays) stops `--only train` before it starts, naming the shard and the fix, instead of training on less."""
-    from flows.stage_runner import StageFailed, run_stage
-    from kalm.schema import Example, ShardWriter
-    from kalm.stage import StageResult
-    from kalm.store import RunStore
-
-    store = RunStore(tmp_path / "runs", "case13-shard")
-    kept = store.root / "filter" / "kept.parquet"
-    with ShardWriter(kept, rows_per_shard=2) as w:
-        w.write([Example(task_type="retrieval", query=f"q{i}", positive=f"p{i}", source="s") for i in range(4)])
-    filtered = StageResult(stage="filter", out_dir=store.root / "filter", outputs=[kept])
-    (kept / "part-00001.parquet").unlink()
-
-    def never_called(**kwargs):
-        raise AssertionError("train ran although a shard of its input is gone")
-
-    with pytest.raises(StageFailed) as e:
-        run_stage(store, "train", never_called, upstream=[filtered])
-    assert str(kept / "part-00001.parquet") in str(e.value) and "--from filter" in str(e.value)
-    assert e.value.data_fault and store.read_manifest()["stages"]["train"]["error"].startswith("MissingInputError:")
-    assert filtered.missing_outputs() == [kept / "part-00001.parquet"]
-
-
 def test_a_failed_attempt_keeps_nothing_of_the_earlier_successful_one(tmp_path):
     """Case 13 B's report showed the failed train stage with the earlier training's steps and loss: a
     stage's manifest entry describes its latest attempt only."""

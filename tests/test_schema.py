@@ -64,8 +64,8 @@ def test_shard_writer_bounds_shards_and_streams_back(tmp_path):
 
 
 def test_a_shard_deleted_from_its_folder_is_named_not_skipped(tmp_path):
-    """A shard folder lists its shards (``_parts.json``, which pyarrow's reads skip): a shard deleted later
-    is an error naming it, not a dataset silently one shard shorter."""
+    """A shard folder lists its shards (``.parts.json``, hidden from pyarrow's and `datasets`' reads): a shard
+    deleted later is an error naming it, not a dataset silently one shard shorter."""
     import json
 
     import pyarrow.parquet as pq
@@ -79,10 +79,30 @@ def test_a_shard_deleted_from_its_folder_is_named_not_skipped(tmp_path):
         {"name": "part-00000.parquet", "rows": 2}, {"name": "part-00001.parquet", "rows": 2},
         {"name": "part-00002.parquet", "rows": 1}]}
     assert pq.read_table(folder).num_rows == 5 and missing_shards(folder) == []
+    import datasets
+
+    assert datasets.load_dataset("parquet", data_dir=str(folder), split="train").num_rows == 5
     (folder / "part-00002.parquet").unlink()  # the last one: no gap in the numbering shows it
     assert missing_shards(folder) == [folder / "part-00002.parquet"]
     with pytest.raises(FileNotFoundError, match=r"kept\.parquet: 1 of its shards are missing \(part-00002\.parquet"):
         shard_files(folder)
+    (folder / PARTS_FILE).write_text("{")  # a damaged listing is reported, not a JSON traceback
+    assert missing_shards(folder) == [folder / PARTS_FILE]
+
+
+def test_shard_writer_publishes_nothing_when_finishing_fails(tmp_path, monkeypatch):
+    """A failure while closing (a full disk writing the listing) leaves no folder, not one without its listing."""
+    from kalm import schema
+
+    def full_disk(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with schema.ShardWriter(tmp_path / "out.parquet", rows_per_shard=2) as w:
+            w.write([Example(task_type="sts", query="a", positive="b", source="s")] * 3)
+            monkeypatch.setattr(type(tmp_path), "write_text", full_disk)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_shard_writer_leaves_nothing_on_error(tmp_path):

@@ -66,19 +66,26 @@ def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
     assert persona_schema()["properties"]["persona"]["pattern"].startswith("^(a|an) ")
     # Servers that ignore the pattern write PersonaHub's own spellings: capitals, digits, accents pass.
     for good in ["A Python developer who maintains open-source libraries", "an NHS nurse on night shifts",
-                 "a 35-year-old teacher in Lyon", "a café owner in Montréal", "An R&D engineer at a battery maker"]:
+                 "a 35-year-old teacher in Lyon", "a 35–year–old teacher", "a café owner in Montréal",
+                 "An R&D engineer at a battery maker", "an engineer (battery cells) in Nevada.",
+                 "a retired nurse (night shifts)"]:
         assert check_persona(good) is None, good
-    for bad in ["a {{role}} who writes", "a user_name who reads", "A person who writes or reads This Text",
-                "A Total Of", "The nurse on night shifts"]:
-        assert check_persona(bad) is not None, bad
+    # Template slots, echoes and cut-off phrases, also with punctuation after them (the review's finds).
+    for bad in ["a {{role}} who writes", "a user_name who reads", "The nurse on night shifts", "A Total Of",
+                "a total of.", "a total of,", "a nurse who works in.", "a reader of the text (", "a nurse, a teacher,",
+                "a nurse (on night shifts"]:
+        assert check_persona(bad) == "not_a_persona", bad
+    for echo in ["A person who writes or reads This Text", "A person who would write this text.",
+                 "an author of (this text)"]:
+        assert check_persona(echo) == "persona_copies_prompt", echo
 
 
-def test_derived_personas_keep_one_spelling_of_the_article():
-    from kalm.synth.personas import _article_lowered
+def test_derived_personas_keep_one_spelling():
+    from kalm.synth.validate import persona_form
 
-    assert _article_lowered("A Python developer") == "a Python developer"
-    assert _article_lowered("An NHS nurse") == "an NHS nurse"
-    assert _article_lowered("a nurse") == "a nurse" and _article_lowered("Apple fan club") == "Apple fan club"
+    assert persona_form("A Python developer") == "a Python developer"
+    assert persona_form("An NHS  nurse.") == persona_form("an NHS nurse") == "an NHS nurse"
+    assert persona_form("a nurse") == "a nurse" and persona_form("Apple fan club") == "Apple fan club"
 
 
 def test_bad_persona_file_names_line_and_fix(tmp_path):

@@ -37,7 +37,7 @@ from kalm.ingest.formats.beir import BeirSource, hub_beir, local_beir
 from kalm.ingest.readers import (ChainSource, IngestError, ParquetSource, RowSource, file_source, hub_source,
                                  local_split)
 from kalm.ingest.sampling import Sampler
-from kalm.schema import ShardWriter
+from kalm.schema import ShardWriter, shard_files
 from kalm.stage import Progress, StageResult, no_progress
 from kalm.store import atomic_write_json, hash_outputs
 
@@ -60,7 +60,11 @@ def open_source(src: DatasetSource) -> tuple[Optional[Source], str]:
     if local is not None and local.exists():
         if local.is_file():
             return file_source(local), ""
-        parts = sorted(local.glob("part-*.parquet"))
+        try:
+            parts = shard_files(local)
+        except FileNotFoundError as e:  # shards the folder's own listing names are gone
+            raise IngestError(f"dataset {src.name!r}: {e}. Fix: write the folder again, or point path at "
+                              "a complete copy") from None
         if parts:  # a shard folder (another kalm stage's output, Spark/pyarrow datasets layout)
             return ChainSource([ParquetSource(p) for p in parts], str(local)), ""
         if (local / "corpus.jsonl").is_file() and src.format in ("beir", "auto"):

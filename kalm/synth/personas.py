@@ -85,7 +85,7 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
     (the first few dropped answers of each reason, as written, to see what the model does) and ``seconds``.
     """
     from kalm.synth.prompts import render
-    from kalm.synth.validate import PersonaAnswer, check_persona, parse, persona_schema
+    from kalm.synth.validate import PersonaAnswer, check_persona, parse, persona_form, persona_schema
 
     if backend is None:
         raise ValueError("deriving personas from generate.personas.seed_corpus needs the LLM backend")
@@ -103,7 +103,7 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
             answer, reason = parse(raw, PersonaAnswer)
             reason = reason or check_persona(answer.persona)
             if reason is None:
-                found.setdefault(_article_lowered(normalize_persona(answer.persona)), None)
+                found.setdefault(persona_form(answer.persona), None)
             else:
                 rejected[reason] += 1
                 if len(sample.setdefault(reason, [])) < REJECT_SAMPLE_PER_REASON:
@@ -115,8 +115,3 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
                       seconds=round(time.perf_counter() - start, 2))
     return list(found)[:want]
 
-
-def _article_lowered(persona: str) -> str:
-    """"A nurse ..." -> "a nurse ...": one spelling per derived persona, whichever case the model chose."""
-    head, _, rest = persona.partition(" ")
-    return f"{head.lower()} {rest}" if head in ("A", "An") else persona

@@ -65,21 +65,33 @@ _UNFINISHED = {"a", "an", "the", "of", "and", "or", "with", "in", "to", "for", "
 
 # The after-the-fact check is wider than the decoding pattern: a server that ignores the pattern (or a
 # larger model) writes PersonaHub's own spellings, "A Python developer ...", "an NHS nurse", "a
-# 35-year-old teacher", "a café owner"; markup and template slots ("<em>", "{{name}}", "user_name")
-# still fail it, as their brackets and underscores are outside the allowed characters.
-_PERSONA_CHECK = re.compile(r"[Aa]n? [^\W_](?:[^\W_]|[ ,'’./&()+-])*")
+# 35–year–old teacher", "a café owner", "an R&D engineer (battery cells)."; markup and template slots
+# ("<em>", "{{name}}", "user_name") still fail it, as their brackets and underscores are outside the
+# allowed characters. It must end on a letter, digit or ")" (one final "." aside), so a phrase cut after
+# a comma or an open parenthesis fails too.
+_PERSONA_CHECK = re.compile(r"[Aa]n? [^\W_](?:[^\W_]|[ ,'’./&()+–—-])*(?:[^\W_]|\))")
+
+
+def persona_form(persona: str) -> str:
+    """The one spelling a derived persona is kept under: whitespace collapsed, one final "." dropped and
+    the article in lower case ("A nurse." -> "a nurse"), so spellings of one persona count once."""
+    text = normalize_persona(persona).removesuffix(".")
+    head, _, rest = text.partition(" ")
+    return f"{head.lower()} {rest}" if head in ("A", "An") else text
 
 
 def check_persona(persona: str) -> Optional[str]:
     """``None`` for an answer that reads as PersonaHub's "a/an <who>" (at least three words; capitals,
-    digits and accented letters allowed, as in "A Python developer"), else the reason it is dropped:
-    "not_a_persona" (another form, markup or a template slot, or a phrase cut before it ends: "a total
-    of") or "persona_copies_prompt" (it describes the prompt's text instead of a person)."""
-    text = normalize_persona(persona)
-    words = text.split()
-    if not _PERSONA_CHECK.fullmatch(text) or len(words) < 3 or words[-1].lower() in _UNFINISHED:
+    digits, accents and balanced parentheses allowed, as in "A Python developer"), else the reason it is
+    dropped: "not_a_persona" (another form, markup or a template slot, or a phrase cut before it ends:
+    "a total of", "a nurse who works in.") or "persona_copies_prompt" (it describes the prompt's text
+    instead of a person: "A person who would write this text.")."""
+    text = persona_form(persona)
+    words = text.lower().replace("(", "").replace(")", "").split()
+    if (not _PERSONA_CHECK.fullmatch(text) or text.count("(") != text.count(")") or len(words) < 3
+            or words[-1] in _UNFINISHED):
         return "not_a_persona"
-    return "persona_copies_prompt" if _PROMPT_ECHO.search(text.lower()) else None
+    return "persona_copies_prompt" if _PROMPT_ECHO.search(" ".join(words)) else None
 
 
 def json_schema(model: type[BaseModel], max_items: Optional[int] = None) -> dict[str, Any]:
