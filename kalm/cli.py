@@ -51,6 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kalm.rerun import run_config
 
     overrides = _parse_sets(args.set or [])
+    if (args.only or args.start) and not args.run_id:
+        print(f"error: {'--only' if args.only else '--from'} reruns stages of an existing run: give its --run-id "
+              "(the folder name under runs_dir)", file=sys.stderr)
+        return 2
     try:
         run_config(args.config, args.run_id, overrides)  # fail on a bad config before Prefect starts
     except ConfigError as e:

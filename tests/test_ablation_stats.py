@@ -79,7 +79,7 @@ def test_an_experiment_stopped_part_way_has_its_table_so_far(tmp_path):
     assert "Runs finished so far" not in (tmp_path / "ablation.md").read_text()  # complete: no progress line
 
 
-def test_ablate_refuses_unknown_variants_and_zero_seeds_before_prefect_starts(capsys):
+def test_cli_refuses_a_wrong_command_before_prefect_starts(capsys):
     """Named like a bad config: exit 2 with the choices, no flow run, no traceback."""
     from kalm.cli import main
 
@@ -88,3 +88,6 @@ def test_ablate_refuses_unknown_variants_and_zero_seeds_before_prefect_starts(ca
     assert err.startswith("error: unknown variants ['no-filtr']: choose from full, no-filter,"), err
     assert main(["ablate", "--config", "cpu-levers", "--seeds", "0"]) == 2
     assert "at least one seed" in capsys.readouterr().err
+    # The same for `kalm run`: a rerun of stages without the run to rerun is the command's fault.
+    assert main(["run", "--only", "train"]) == 2
+    assert "--only reruns stages of an existing run: give its --run-id" in capsys.readouterr().err
