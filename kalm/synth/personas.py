@@ -114,4 +114,3 @@ def personas_from_corpus(cfg: GenerateConfig, texts: list[str], backend, report:
         report.update(texts_read=used, kept=min(len(found), want), rejected=dict(rejected), rejected_sample=sample,
                       seconds=round(time.perf_counter() - start, 2))
     return list(found)[:want]
-
