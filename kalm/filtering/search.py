@@ -10,7 +10,11 @@ The pool's vectors are a memory-mapped [n, D] float32 file (rows L2-normalised, 
   makes that chunk's k one larger and is dropped from its results, so the merged top-k is exact.
 - :class:`FaissSearch`: a faiss IVF (or HNSW) index, excluding through
   ``SearchParameters(sel=IDSelectorNot(...))``. IVF lists live in memory, or on disk (faiss
-  ``OnDiskInvertedLists``, memory-mapped) when larger than ``IndexOptions.memory_gb``. ``nprobe``
+  ``OnDiskInvertedLists``, memory-mapped) when larger than ``IndexOptions.memory_gb``. ``ivfpq``
+  stores 4-bit product-quantisation codes scanned with SIMD lookups (faiss "IVF{nlist},PQ{M}x4fs",
+  André et al., "Quicker ADC", 2019), dim/4 bytes per vector instead of 4*dim, and re-scores its
+  top ``rerank_factor x k`` exactly from the pool (faiss' IndexRefine recipe, reading the memory
+  map instead of a second in-memory copy), so probing many lists stays cheap. ``nprobe``
   (HNSW: ``efSearch``) is tuned by :func:`tune_recall` so the recall at the depth the filter reads,
   *with* the exclusions, reaches ``target_recall`` against :class:`ExactSearch` on a query sample.
 
@@ -158,6 +162,8 @@ class FaissSearch:
     param: str = "nprobe"  # the knob tune_recall sets: nprobe (IVF) or efSearch (HNSW)
     value: int = 1
     on_disk: bool = False
+    rerank_pool: Optional[np.ndarray] = None  # 'ivfpq': exact vectors the approximate candidates are re-scored on
+    rerank_factor: int = 1
     _keep: list = field(default_factory=list)
 
     def search(self, q: np.ndarray, k: int, lo: int = 0, hi: int = 0,
@@ -177,8 +183,11 @@ class FaissSearch:
         else:
             keep = ()
         params = (faiss.SearchParametersIVF if self.param == "nprobe" else faiss.SearchParametersHNSW)(**kwargs)
-        s, i = self.index.search(_float32(q), min(k, self.n), params=params)
+        q = _float32(q)
+        s, i = self.index.search(q, min(k * self.rerank_factor, self.n), params=params)
         del keep
+        if self.rerank_pool is not None:
+            s, i = rerank(q, i, self.rerank_pool, min(k, self.n))
         if s.shape[1] < k:  # a pool smaller than k: pad as faiss pads missing results
             pad = k - s.shape[1]
             s = np.hstack([s, np.full((len(s), pad), -np.inf, np.float32)])
@@ -186,8 +195,41 @@ class FaissSearch:
         return s, i
 
 
+def rerank(q: np.ndarray, ids: np.ndarray, pool: np.ndarray, k: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of ``q`` [m, D] with its candidates ``ids`` [m, c] (-1: none) read from ``pool``
+    [n, D] (memory-mapped), best ``k`` first: ``(scores [m, k], ids [m, k])``, -inf / -1 where fewer.
+
+    ``batch`` queries at a time bound the gathered rows (batch x c x D floats, 64 MiB at c=264, D=256)."""
+    m, c = ids.shape
+    out_s = np.full((m, k), -np.inf, np.float32)
+    out_i = np.full((m, k), -1, np.int64)
+    for a in range(0, m, batch):
+        sel = ids[a:a + batch]
+        valid = sel >= 0
+        flat = np.where(valid, sel, 0).ravel()
+        order = np.argsort(flat, kind="stable")  # memory-map reads in file order
+        rows = np.empty((len(flat), pool.shape[1]), np.float32)
+        rows[order] = pool[flat[order]]
+        s = np.einsum("qcd,qd->qc", rows.reshape(len(sel), c, -1), q[a:a + batch])
+        s = np.where(valid, s, -np.inf).astype(np.float32)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        out_s[a:a + batch, :top.shape[1]] = np.take_along_axis(s, top, 1)
+        out_i[a:a + batch, :top.shape[1]] = np.where(np.isfinite(out_s[a:a + batch, :top.shape[1]]),
+                                                     np.take_along_axis(sel, top, 1), -1)
+    return out_s, out_i
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-vectors for ``dim``: two dimensions each (4 bits per sub-vector: dim/4 bytes per vector);
+    fast-scan packs sub-vectors in pairs, so ``dim`` must be even."""
+    if dim % 2:
+        raise ValueError(f"filter.index.kind 'ivfpq' needs an even embedding size, got {dim}: use 'ivf'")
+    return dim // 2
+
+
 def build_faiss(pool: np.ndarray, kind: str, opts: IndexOptions, work_dir: Path) -> FaissSearch:
-    """An IVF (lists in memory or on disk) or HNSW index over the memory-mapped ``pool``, added in chunks."""
+    """An IVF (lists in memory or on disk), IVF-PQ fast-scan (with exact re-ranking) or HNSW index over the
+    memory-mapped ``pool``, added in chunks."""
     import faiss
 
     n, dim = pool.shape
@@ -197,9 +239,16 @@ def build_faiss(pool: np.ndarray, kind: str, opts: IndexOptions, work_dir: Path)
             index.add(_float32(pool[a:a + opts.chunk_size]))
         return FaissSearch(index, "hnsw", n, param="efSearch", value=opts.hnsw_ef_search or 16)
     nlist = ivf_nlist(n, opts)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))  # k-means wants >= 39 per list
+    if kind == "ivfpq":
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_subquantizers(dim)}x4fs", faiss.METRIC_INNER_PRODUCT)
+        index.train(_float32(pool[sample]))
+        for a in range(0, n, opts.chunk_size):
+            index.add(_float32(pool[a:a + opts.chunk_size]))
+        return FaissSearch(index, "ivfpq", n, param="nprobe", value=opts.ivf_nprobe or 1, rerank_pool=pool,
+                           rerank_factor=opts.rerank_factor)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.train(_float32(pool[sample]))
     on_disk = lists_on_disk(n, dim, opts)
     if not on_disk:
