@@ -394,7 +394,7 @@ def main() -> None:
     ap.add_argument("--teacher-recall", action="store_true")
     ap.add_argument("--stage"), ap.add_argument("--n", type=int), ap.add_argument("--work")
     ap.add_argument("--per-n", type=int)
-    ap.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "ivfpq"],
+    ap.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "ivfsq"],
                     help="the filter's index.kind ('auto': exact or IVF, whichever reaches recall 0.99 faster)")
     ap.add_argument("--nprobe", type=int, default=0, help="fixed IVF nprobe (0: tuned to recall 0.99 at depth)")
     args = ap.parse_args()

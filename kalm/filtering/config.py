@@ -10,18 +10,19 @@ from kalm.configbase import Strict, TaskType
 
 
 class IndexOptions(Strict):
-    kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = Field(
+    kind: Literal["auto", "flat", "ivf", "ivfsq", "hnsw"] = Field(
         "auto", description="'flat': exact search over the memory-mapped pool in chunks; 'ivf': faiss IVF (lists in "
-                            "memory, or on disk above memory_gb); 'ivfpq': faiss IVF over 4-bit PQ fast-scan codes "
-                            "(dim/4 bytes per vector, in memory), its top rerank_factor x depth re-scored exactly "
-                            "from the pool; 'auto': flat below exact_below vectors, else ivf")
+                            "memory, or on disk above memory_gb); 'ivfsq': faiss IVF over 8-bit scalar-quantised "
+                            "vectors (1 byte per dimension, in memory), its top rerank_factor x depth re-scored exactly "
+                            "from the pool (README: ivf's recall at about half its search time); 'auto': flat below "
+                            "exact_below vectors, else ivf")
     exact_below: int = Field(200_000, ge=1, description="'auto' uses exact search below this many pool vectors "
                                                          "(above: IVF where it reaches target_recall faster)")
     ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 = 4*sqrt(n), at most n/39 (faiss' k-means needs "
                                                 "39 training points per list)")
     ivf_nprobe: int = Field(0, ge=0, description="lists probed; 0 = the smallest power of two whose recall at the "
                                                  "filter's search depth reaches target_recall on a sample")
-    rerank_factor: int = Field(4, ge=1, description="'ivfpq': candidates re-scored exactly per result kept")
+    rerank_factor: int = Field(2, ge=1, description="'ivfsq': candidates re-scored exactly per result kept")
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_search: int = Field(0, ge=0, description="0 = tuned like ivf_nprobe")
     target_recall: float = Field(0.99, gt=0, le=1, description="recall of the approximate index at the depth the "
