@@ -76,8 +76,11 @@ def test_persona_check_rejects_what_smollm2_wrote_unconstrained():
                 "a nurse (on night shifts"]:
         assert check_persona(bad) == "not_a_persona", bad
     for echo in ["A person who writes or reads This Text", "A person who would write this text.",
-                 "an author of (this text)"]:
+                 "an author of (this text)", "A person who would read this passage", "a person who wrote this document",
+                 "A reader of the text above", "a user who asked this question", "a person who would write the text"]:
         assert check_persona(echo) == "persona_copies_prompt", echo
+    for who in ["a translator who proofreads the text", "a court stenographer who transcribes the text"]:
+        assert check_persona(who) is None, who  # work on texts is not an echo of the prompt
 
 
 def test_derived_personas_keep_one_spelling():

@@ -58,7 +58,12 @@ def normalize_persona(persona: str) -> str:
 # Seen from SmolLM2-135M held to the pattern (50-persona run over SciFact claims): the prompt said back
 # ("an example of a person who might write or read this text") and phrases cut before their noun
 # ("a total of").
-_PROMPT_ECHO = re.compile(r"\b(write|read)s? or (write|read)s?\b|\b(this|that|the) text$")
+_TEXT_WORDS = r"(text|passage|document|article|question|claim|post|message|abstract|sentence|paragraph|excerpt|snippet)"
+# An echo names the prompt's text: "... write or read ...", "... this passage", "the text above", "a person who
+# reads the text". A persona whose work is on texts ("a translator who proofreads the text") is not one.
+_PROMPT_ECHO = re.compile(r"\b(write|read)s? or (write|read)s?\b"
+                          rf"|\b(this|that) {_TEXT_WORDS}$|\bthe {_TEXT_WORDS} (above|below)$"
+                          rf"|\b(reads?|writes?|wrote|asked|(would|might|could) (read|write|ask)) (the|this|that) {_TEXT_WORDS}$")
 _UNFINISHED = {"a", "an", "the", "of", "and", "or", "with", "in", "to", "for", "who", "whose", "that", "at", "on",
                "by", "from", "as", "is", "are", "their", "his", "her"}
 
