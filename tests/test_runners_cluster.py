@@ -29,9 +29,12 @@ SEED = random.randrange(1_000_000)
 
 def _cfg(**kw) -> GenerateConfig:
     # Tiny lengths so 96 new tokens fit the longest answer they allow (GenerateConfig checks it).
+    # min_yield 0: SEED is fresh per session, and for some seeds greedy SmolLM2-135M writes no acceptable
+    # example in two tries (CI on 5636fc0: "kept 0 of 2", LowYieldError in the fixture); these tests
+    # compare the runners' shards, rejected answers included, not the yield.
     return GenerateConfig(personas=PersonaSource(num_personas=2, seed=SEED), task_types=["sts"], personas_per_shard=1,
                           batch_size=2, max_new_tokens=96, seed=SEED, knobs={"num_words": [12]},
-                          lengths={"query_words": 10, "text_words": 12}, **kw)
+                          lengths={"query_words": 10, "text_words": 12}, min_yield=0.0, **kw)
 
 
 def _shards(result) -> dict[str, str]:
