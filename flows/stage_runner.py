@@ -35,6 +35,11 @@ class StageFailed(RuntimeError):
     def __reduce__(self):  # pickled (Prefect states, Dask/Ray workers) with its flag
         return type(self), (str(self), self.data_fault)
 
+    @property
+    def exit_status(self) -> int:
+        """The CLI's exit status: 2 for a data fault, 1 otherwise."""
+        return 2 if self.data_fault else 1
+
 
 class DataFaultWithoutTraceback(logging.Filter):
     """Drops the traceback from a log record of a ``StageFailed`` chained to nothing (a data fault).
@@ -56,10 +61,6 @@ def quiet_data_faults(logger_name: str = "prefect.flow_runs") -> None:
     logger = logging.getLogger(logger_name)
     if not any(isinstance(f, DataFaultWithoutTraceback) for f in logger.filters):
         logger.addFilter(DataFaultWithoutTraceback())
-
-
-def _outputs_exist(result: StageResult) -> bool:
-    return not result.missing_outputs()
 
 
 def check_inputs(store: RunStore, stage: str, upstream: list[StageResult]) -> None:
@@ -143,7 +144,7 @@ def run_stage(store: RunStore, stage: str, call: Callable[..., StageResult], *, 
         else:  # a stage that orchestrates its own cached tasks (generation's shards)
             result = call(**kwargs)
             cached = bool(result.info.get("all_cached"))
-        if not _outputs_exist(result):
+        if result.missing_outputs():
             # Cached result of a run whose folder was deleted: compute it again.
             result, cached = _refreshed(call, True)(**kwargs), False
         result, source_run = adopt(store, stage, result)

@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           only=args.only or None, start=args.start)
     except StageFailed as e:  # the manifest and report hold the details; the user needs the reason and fix
         print(f"error: {e}", file=sys.stderr)
-        return 2 if e.data_fault else 1
+        return e.exit_status
     print(json.dumps({k: summary[k] for k in ("run_id", "run_dir", "report")} |
                      {"scores": {m: s.get("average") for m, s in summary["scores"].items()}}))
     return 0
@@ -96,7 +96,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                           ablation_id=args.ablation_id, seeds=list(range(args.seeds)) if args.seeds else None)
     except StageFailed as e:  # a variant's run failed: its manifest and report say which stage and why
         print(f"error: {e}", file=sys.stderr)
-        return 2 if e.data_fault else 1
+        return e.exit_status
     print(Path(result["markdown"]).read_text())
     print(json.dumps({"ablation_id": result["ablation_id"], "markdown": result["markdown"],
                       "average": {k: round(v, 4) for k, v in result["average"].items()},

@@ -23,3 +23,15 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_parts_mib() -> dict[str, float]:
+    """The current resident set split as the kernel counts it, in MiB: ``anon`` (heap, arrays: what the
+    process needs), ``file`` (pages of memory-mapped files, which the kernel can drop and read again)
+    and ``shmem``; from ``RssAnon``/``RssFile``/``RssShmem`` in ``/proc/self/status`` (empty off Linux)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return {}
+    names = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    return {names[p[0]]: int(p[1]) / 1024 for p in (line.split() for line in status.read_text().splitlines())
+            if p and p[0] in names}

@@ -152,3 +152,30 @@ def test_recall_sample_is_uniform_over_rows_not_one_query_per_search_call():
     for rows, lo, hi, extras, k in sample:
         source = by_range[(lo, hi)]
         assert k == source[4] and set(rows) <= set(source[0].tolist())
+
+
+def test_a_float16_pool_is_searched_as_its_float32_values(tmp_path):
+    """The filter keeps the pool in the embedding store's dtype (float16 by default): exact search,
+    IVF-SQ8 with its exact re-ranking and ``rerank`` give the same ids and scores as over a float32
+    copy of the same values (each chunk is cast to float32 before faiss sees it)."""
+    from kalm.filtering.search import rerank
+
+    x = _clustered(6000).astype(np.float16)
+    pools = {}
+    for dtype in (np.float16, np.float32):
+        pools[dtype] = np.lib.format.open_memmap(tmp_path / f"pool-{np.dtype(dtype).name}.npy", mode="w+",
+                                                 dtype=dtype, shape=x.shape)
+        pools[dtype][:] = x.astype(dtype)
+    q = _clustered(40, seed=1)
+    extras = np.array([3, 17, 2999])
+    exact = {d: ExactSearch(p, chunk=700).search(q, 30, lo=1000, hi=2500, extras=extras) for d, p in pools.items()}
+    for a, b in zip(exact[np.float16], exact[np.float32]):
+        np.testing.assert_array_equal(a, b)
+    opts = IndexOptions(kind="ivfsq", chunk_size=1024, ivf_nprobe=8)
+    sq = {d: build_faiss(p, "ivfsq", opts, tmp_path / f"sq-{np.dtype(d).name}").search(q, 30, 1000, 2500, extras)
+          for d, p in pools.items()}
+    for a, b in zip(sq[np.float16], sq[np.float32]):
+        np.testing.assert_array_equal(a, b)
+    cand = exact[np.float32][1]
+    for a, b in zip(rerank(q, cand, pools[np.float16], 10), rerank(q, cand, pools[np.float32], 10)):
+        np.testing.assert_array_equal(a, b)

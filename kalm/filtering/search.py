@@ -1,7 +1,8 @@
 """Top-k inner-product search over one candidate pool, with exclusions applied inside the search.
 
-The pool's vectors are a memory-mapped [n, D] float32 file (rows L2-normalised, so inner product
-= cosine); memory holds one chunk of it at a time. Two searchers share one interface,
+The pool's vectors are a memory-mapped [n, D] file (float16 or float32, the embedding store's dtype;
+rows L2-normalised, so inner product = cosine); memory holds one chunk of it at a time, cast to
+float32 for faiss. Two searchers share one interface,
 ``search(q, k, lo, hi, extras) -> (scores [m, k], ids [m, k])``, which never returns ids in
 ``[lo, hi)`` or in ``extras``:
 
@@ -221,6 +222,12 @@ def rerank(q: np.ndarray, ids: np.ndarray, pool: np.ndarray, k: int, batch: int 
     return out_s, out_i
 
 
+def _add_in_chunks(index, pool: np.ndarray, chunk: int) -> None:
+    """``index.add`` of the memory-mapped ``pool`` ``chunk`` rows at a time: one chunk in memory as float32."""
+    for a in range(0, len(pool), chunk):
+        index.add(_float32(pool[a:a + chunk]))
+
+
 def build_faiss(pool: np.ndarray, kind: str, opts: IndexOptions, work_dir: Path) -> FaissSearch:
     """An IVF (lists in memory or on disk), IVF-SQ8 (with exact re-ranking) or HNSW index over the
     memory-mapped ``pool``, added in chunks."""
@@ -229,8 +236,7 @@ def build_faiss(pool: np.ndarray, kind: str, opts: IndexOptions, work_dir: Path)
     n, dim = pool.shape
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, opts.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        for a in range(0, n, opts.chunk_size):
-            index.add(_float32(pool[a:a + opts.chunk_size]))
+        _add_in_chunks(index, pool, opts.chunk_size)
         return FaissSearch(index, "hnsw", n, param="efSearch", value=opts.hnsw_ef_search or 16)
     nlist = ivf_nlist(n, opts)
     rng = np.random.default_rng(0)
@@ -238,16 +244,14 @@ def build_faiss(pool: np.ndarray, kind: str, opts: IndexOptions, work_dir: Path)
     if kind == "ivfsq":
         index = faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
         index.train(_float32(pool[sample]))
-        for a in range(0, n, opts.chunk_size):
-            index.add(_float32(pool[a:a + opts.chunk_size]))
+        _add_in_chunks(index, pool, opts.chunk_size)
         return FaissSearch(index, "ivfsq", n, param="nprobe", value=opts.ivf_nprobe or 1, rerank_pool=pool,
                            rerank_factor=opts.rerank_factor)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.train(_float32(pool[sample]))
     on_disk = lists_on_disk(n, dim, opts)
     if not on_disk:
-        for a in range(0, n, opts.chunk_size):
-            index.add(_float32(pool[a:a + opts.chunk_size]))
+        _add_in_chunks(index, pool, opts.chunk_size)
     else:
         # faiss' recipe for indexes larger than memory: shards added to copies of the trained index,
         # written to disk, then merged into one memory-mapped lists file (faiss.contrib.ondisk).

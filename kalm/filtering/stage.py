@@ -5,7 +5,7 @@ Three passes over the input shards, memory bounded by a record batch plus ~100 b
 
 1. scan (kalm.filtering.scan): numbers per row, every text into a memory-mapped text table;
 2. per candidate pool (kalm.filtering.pools): embed what the store lacks, gather the pool's
-   vectors into a memory-mapped file, search at a fixed depth with right answers excluded
+   vectors into a memory-mapped file (the store's dtype), search at a fixed depth with right answers excluded
    (kalm.filtering.search), judge chunk by chunk (kalm.filtering.judge);
 3. write: stream the input again, writing ``kept.parquet/`` and ``dropped.parquet/`` shard
    folders (kalm.schema.ShardWriter) with mined negatives added and ranks in the metadata.
@@ -139,7 +139,9 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
     work.mkdir(parents=True, exist_ok=True)
     T, dim = pool.size, store.dim
     chunk = cfg.index.chunk_size
-    vectors = np.lib.format.open_memmap(work / "pool.npy", mode="w+", dtype=np.float32, shape=(T, dim))
+    # In the store's dtype (float16 by default): the same values as a float32 copy (each read is cast to
+    # float32 chunk by chunk), at half the disk and half the resident pages (1.5 GB less at 1M examples).
+    vectors = np.lib.format.open_memmap(work / "pool.npy", mode="w+", dtype=store.dtype, shape=(T, dim))
     for a in range(0, T, chunk):
         vectors[a:a + chunk] = store.gather(store.locate(pool.text_key[a:a + chunk]))
     vectors.flush()
