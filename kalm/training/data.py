@@ -93,7 +93,7 @@ def data_key(cfg: TrainConfig, files: Sequence[Path], tokenizer, model_path: str
     h = hashlib.sha256()
     policy = cfg.instruction_policy()
     for part in (FORMAT_VERSION, *_tokenizer_fingerprint(tokenizer, model_path), str(cfg.max_length), cfg.pooling,
-                 policy.format, policy.symmetric, str(policy.enabled), *[hash_file(f) for f in files]):
+                 policy.format, policy.symmetric_key, str(policy.enabled), *[hash_file(f) for f in files]):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:20]
 
