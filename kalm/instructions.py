@@ -34,7 +34,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping, Union
+from typing import Literal, Mapping, Union, get_args
 
 # kalm task type -> mteb TaskMetadata.type
 MTEB_TYPE: dict[str, str] = {
@@ -42,7 +42,8 @@ MTEB_TYPE: dict[str, str] = {
     "pair_classification": "PairClassification", "classification": "Classification", "clustering": "Clustering",
 }
 ASYMMETRIC: frozenset[str] = frozenset({"retrieval", "reranking"})
-SYMMETRIC: frozenset[str] = frozenset({"sts", "pair_classification", "classification", "clustering"})
+SymmetricType = Literal["sts", "pair_classification", "classification", "clustering"]
+SYMMETRIC: frozenset[str] = frozenset(get_args(SymmetricType))
 DEFAULT_FORMAT = "Instruct: {instruction}\nQuery: {query}"
 Choice = Literal["both", "none"]
 # TrainConfig's default (bench/instruction_policy.py, README "Instruction policy"): on a decoder trained as an
@@ -77,7 +78,7 @@ class InstructionPolicy:
             raise ValueError(f"instruction format {self.format!r} must contain '{{instruction}}' and end with "
                              "'{query}' (the instruction is a prefix, as sentence-transformers prompts are)")
         choices = self.symmetric.values() if isinstance(self.symmetric, Mapping) else [self.symmetric]
-        if any(c not in ("both", "none") for c in choices):
+        if any(c not in get_args(Choice) for c in choices):
             raise ValueError(f"symmetric={self.symmetric!r}: use 'both' or 'none' (for all symmetric task types, "
                              "or per type)")
         unknown = set(self.symmetric) - SYMMETRIC if isinstance(self.symmetric, Mapping) else set()

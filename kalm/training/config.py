@@ -7,14 +7,10 @@ from typing import TYPE_CHECKING, Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from kalm.configbase import Strict
-from kalm.instructions import PAIRS_UNINSTRUCTED
+from kalm.instructions import PAIRS_UNINSTRUCTED, Choice, SymmetricType
 
 if TYPE_CHECKING:
     from kalm.instructions import InstructionPolicy
-
-
-SymmetricChoice = Literal["both", "none"]
-SymmetricType = Literal["sts", "pair_classification", "classification", "clustering"]
 
 
 class LoraOptions(Strict):
@@ -46,7 +42,7 @@ class TrainConfig(Strict):
     normalize: bool = True
     query_instruction_format: str = "Instruct: {instruction}\nQuery: {query}"
     use_instructions: bool = True
-    symmetric_instructions: Union[SymmetricChoice, dict[SymmetricType, SymmetricChoice]] = Field(
+    symmetric_instructions: Union[Choice, dict[SymmetricType, Choice]] = Field(
         default_factory=lambda: dict(PAIRS_UNINSTRUCTED),
         description="symmetric task types (sts, pair_classification, classification, clustering): instruct both "
                     "texts or neither (mteb cannot instruct one side of them; see kalm/instructions.py), for all "
