@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from kalm.filtering.config import FilterConfig
+from kalm.filtering.config import FilterConfig, IndexOptions
 from kalm.filtering.embed import TeacherEncoder
 from kalm.filtering.judge import NEAR_DUP_COSINE, brute_force_rank
 from kalm.filtering.scan import norm_text
@@ -73,6 +73,20 @@ def test_rerun_reuses_the_embedding_store(sts_examples, tmp_path, minilm_ref):
     assert first.info["stats"]["embedding_cache"]["misses"] > 0
     assert second.info["stats"]["embedding_cache"]["misses"] == 0
     assert first.hashes == second.hashes
+
+
+def test_query_batches_and_pool_chunks_do_not_change_the_output(sts_examples, tmp_path, minilm_ref):
+    """``index.query_batch`` and ``index.chunk_size`` bound memory only: ~150 queries in batches of 16
+    against a pool read in chunks of 37 give the same shards, byte for byte, as one batch and one chunk."""
+    cfg = FilterConfig(teacher=minilm_ref, top_k=5, num_negatives=3, negative_rank_start=2, negative_rank_end=20,
+                       use_instructions=False)
+    whole = run_filter(cfg, [sts_examples], tmp_path / "whole", tmp_path / "cache")
+    small = cfg.model_copy(update={"index": IndexOptions(chunk_size=37, query_batch=16)})
+    batched = run_filter(small, [sts_examples], tmp_path / "batched", tmp_path / "cache")
+    pool = batched.info["stats"]["pools"]["sts/stsb"]
+    assert pool["kind"] == "flat" and pool["examples"] > 16 * 8 and pool["candidates"] > 37 * 3
+    assert whole.counts == batched.counts and whole.counts["mined_negatives"] > 0
+    assert whole.hashes == batched.hashes
 
 
 def test_disabled_filter_passes_everything_through(sts_examples, tmp_path, minilm_ref):

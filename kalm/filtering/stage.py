@@ -6,7 +6,7 @@ Three passes over the input shards, memory bounded by a record batch plus ~100 b
 1. scan (kalm.filtering.scan): numbers per row, every text into a memory-mapped text table;
 2. per candidate pool (kalm.filtering.pools): embed what the store lacks, gather the pool's
    vectors into a memory-mapped file (the store's dtype), search at a fixed depth with right answers excluded
-   (kalm.filtering.search), judge chunk by chunk (kalm.filtering.judge);
+   (kalm.filtering.search), judge ``index.query_batch`` queries at a time (kalm.filtering.judge);
 3. write: stream the input again, writing ``kept.parquet/`` and ``dropped.parquet/`` shard
    folders (kalm.schema.ShardWriter) with mined negatives added and ranks in the metadata.
 """
@@ -172,9 +172,10 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
     want_all = np.maximum(0, cfg.num_negatives - pool.kept_given)
     deeper = unembeddable = 0
     done_q = 0
+    batch = cfg.index.query_batch
     for local, lo, hi, extras, k in groups:
-        for a in range(0, len(local), chunk):
-            part = local[a:a + chunk]
+        for a in range(0, len(local), batch):
+            part = local[a:a + batch]
             kk = min(k, T)
             q = store.gather(q_loc[part])
             pos_vec = _gather(vectors, pool.pos_id[part])
@@ -197,7 +198,7 @@ def _judge_pool(cfg: FilterConfig, sc: Scan, pool: Pool, encoder: TeacherEncoder
                     break
                 deeper += int(short.sum())
                 part, q, pos_vec, kk = part[short], q[short], pos_vec[short], min(2 * kk, T)
-            done_q += len(local[a:a + chunk])
+            done_q += len(local[a:a + batch])
             progress(0.5 + 0.5 * done_q / max(len(pool.rows), 1), f"pool {pool.name}: judged {done_q}")
     info["searched_deeper"] = deeper
     info["unjudged_zero_vector"] = unembeddable
