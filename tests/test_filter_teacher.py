@@ -8,7 +8,8 @@ import numpy as np
 import psutil
 import pytest
 
-from kalm.filtering.embed import TeacherEncoder
+from kalm.filtering.config import FilterConfig
+from kalm.filtering.embed import TeacherEncoder, teacher_dtype
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,39 @@ def test_one_process_pool_serves_every_chunk_and_is_stopped(sts_texts, tmp_path,
     assert enc._pool is None and not any(psutil.pid_exists(pid) for pid in pids)
     pooled = np.concatenate(parts)
     assert float((pooled * single).sum(1).min()) > 0.999
+
+
+def test_the_teacher_runs_in_bf16_on_gpus_and_fp32_elsewhere():
+    assert teacher_dtype("auto", "torch", on_gpu=True) == "bfloat16"
+    assert teacher_dtype("auto", "torch", on_gpu=False) == "float32"
+    assert teacher_dtype("auto", "openvino", on_gpu=False) == "float32"
+    assert teacher_dtype("float32", "torch", on_gpu=True) == "float32"
+    with pytest.raises(ValueError, match="filter.runtime: torch"):
+        teacher_dtype("bfloat16", "openvino", on_gpu=False)
+    with pytest.raises(ValueError, match="filter.dtype"):
+        FilterConfig(dtype="bfloat16", runtime="openvino")
+
+
+@pytest.mark.slow
+def test_bf16_teacher_cpu_twin_in_process_and_through_a_pool(sts_texts, tmp_path, minilm_ref):
+    """kalm-mini's teacher on GPUs (``dtype: auto`` = bf16, one GPU in process, several through one
+    pool), run on CPU: the same load and encode paths with ``dtype: bfloat16``. Its vectors are the
+    fp32 ones within bf16 rounding, and are stored apart from them."""
+    import torch
+
+    fp32 = TeacherEncoder(minilm_ref, tmp_path, runtime="torch", batch_size=16)
+    bf16 = TeacherEncoder(minilm_ref, tmp_path, batch_size=16, dtype="bfloat16")
+    assert (fp32.dtype, bf16.dtype, bf16.runtime) == ("float32", "bfloat16", "torch")
+    assert bf16.store.folder != fp32.store.folder and bf16.store.folder.name.endswith("-bf16-float16")
+    texts = sts_texts[:160]
+    ref, half = fp32.encode(texts), bf16.encode(texts)
+    assert next(bf16._model.parameters()).dtype == torch.bfloat16
+    cos = (ref * half).sum(1)
+    assert cos.min() > 0.99 and np.abs(ref - half).max() > 1e-3  # close, and really computed in bf16
+    assert bf16.misses == len(texts) and fp32.misses == len(texts)
+    with TeacherEncoder(minilm_ref, tmp_path / "pool", batch_size=16, devices=["cpu", "cpu"],
+                        dtype="bfloat16") as pooled:
+        assert pooled.dtype == "bfloat16" and pooled.runtime == "torch"
+        got = pooled.encode(texts)
+        assert pooled.pools_started == 1
+    assert float((got * half).sum(1).min()) > 0.999

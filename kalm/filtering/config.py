@@ -51,6 +51,10 @@ class FilterConfig(Strict):
     runtime: Literal["auto", "torch", "openvino"] = Field(
         "auto", description="teacher forward pass: 'auto' = torch on GPU (bf16), OpenVINO (f32) on CPU when "
                             "installed, else torch")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="the transformer teacher's forward precision: 'auto' = bfloat16 on GPUs (one, or a "
+                            "process pool), float32 on CPUs (OpenVINO runs the fp32 model); vectors of each "
+                            "precision are stored apart")
     encode_devices: Optional[list[str]] = Field(
         None, description="devices of one sentence-transformers process pool for the whole stage "
                           "(e.g. [cuda:0, cuda:1]); None = every GPU when there are two or more, else in-process")
@@ -84,6 +88,13 @@ class FilterConfig(Strict):
             raise ValueError(f"filter.negative_rank_start ({self.negative_rank_start}) must be below "
                              f"filter.negative_rank_end ({self.negative_rank_end}): mined negatives come from "
                              "ranks [start, end)")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_precision(self) -> "FilterConfig":
+        if self.dtype == "bfloat16" and self.runtime == "openvino":
+            raise ValueError("filter.dtype is 'bfloat16' but filter.runtime is 'openvino', which runs the float32 "
+                             "model: set filter.runtime: torch (or auto) for a bf16 teacher, or filter.dtype: float32")
         return self
 
     @property

@@ -5,10 +5,10 @@ the teacher's model fingerprint, its settings and the text's xxh3-128 key.
 
 Teachers:
 - ``transformer`` (default): the sentence-transformers model; on CPUs through OpenVINO
-  (``openvino_forward``), on one GPU in bf16, on several GPUs through ONE sentence-transformers
-  process pool that lives as long as the encoder (``start_multi_process_pool`` once, ``pool=``
-  for every chunk, stopped by :meth:`TeacherEncoder.close`): starting a pool per chunk cost
-  ~300 pool start-ups per 5 M texts.
+  (``openvino_forward``, fp32), on GPUs in bf16 (:func:`teacher_dtype`): on one GPU in this
+  process, on several through ONE sentence-transformers process pool that lives as long as the
+  encoder (``start_multi_process_pool`` once, ``pool=`` for every chunk, stopped by
+  :meth:`TeacherEncoder.close`): starting a pool per chunk cost ~300 pool start-ups per 5 M texts.
 - ``static``: a model2vec static-embedding model distilled once, offline, from the teacher
   (Tulkens & van Dongen, "Model2Vec", 2024: the teacher's output for every vocabulary token, PCA,
   SIF weights; a text is the mean of its tokens' vectors). No transformer runs at encode time.
@@ -37,6 +37,25 @@ def pool_devices(configured: Optional[list[str]], n_cuda: int) -> Optional[list[
     return [f"cuda:{d}" for d in range(n_cuda)] if n_cuda > 1 else None
 
 
+def teacher_dtype(dtype: str, runtime: str, on_gpu: bool) -> str:
+    """The transformer teacher's forward precision, ``"bfloat16"`` or ``"float32"``.
+
+    ``dtype``: ``filter.dtype``; ``runtime``: the picked runtime (``"torch"``/``"openvino"``);
+    ``on_gpu``: the model runs on CUDA devices (in this process or a process pool). ``auto`` is
+    bf16 on GPUs (half the memory, tensor cores; the vectors' cosine to fp32 ones is > 0.99, tested
+    on CPU) and fp32 elsewhere.
+
+    Raises:
+        ValueError: ``bfloat16`` with the OpenVINO runtime, which runs the fp32 model.
+    """
+    if dtype == "auto":
+        return "bfloat16" if on_gpu and runtime == "torch" else "float32"
+    if dtype == "bfloat16" and runtime == "openvino":
+        raise ValueError("filter.dtype is 'bfloat16' but filter.runtime is 'openvino', which runs the float32 model: "
+                         "set filter.runtime: torch (or auto) for a bf16 teacher, or filter.dtype: float32")
+    return dtype
+
+
 class TeacherEncoder:
     """Encodes texts with the filter's teacher, through the embedding store. Counts hits and misses.
 
@@ -45,7 +64,7 @@ class TeacherEncoder:
 
     def __init__(self, model_ref: str, cache_dir: Path, batch_size: int = 64, max_seq_length: int = 256,
                  runtime: str = "auto", kind: str = "transformer", static_dims: int = 256,
-                 store_dtype: str = "float16", devices: Optional[list[str]] = None):
+                 store_dtype: str = "float16", devices: Optional[list[str]] = None, dtype: str = "auto"):
         from kalm.models import model_fingerprint
 
         self.model_ref = model_ref
@@ -61,18 +80,22 @@ class TeacherEncoder:
 
             self.static_dir = root / f"static-model2vec{model2vec.__version__}-d{static_dims}"
             name = f"{self.static_dir.name}-L{max_seq_length}"
+            self.devices, self.runtime, self.dtype = None, "static", "float32"  # numpy only: no torch, no runtime
         elif kind == "transformer":
-            name = f"L{max_seq_length}"
-        else:
-            raise ValueError(f"filter.teacher_kind must be 'transformer' or 'static', got {kind!r}")
-        self.store = EmbeddingStore(root / "store" / f"{name}-{store_dtype}", dtype=store_dtype)
-        if kind == "static":  # numpy only: no torch import, no runtime to pick
-            self.devices, self.runtime = None, "static"
-        else:
             import torch
 
             self.devices = pool_devices(devices, torch.cuda.device_count())
-            self.runtime = "torch" if self.devices else _pick_runtime(runtime)
+            # A process pool, and a bf16 forward pass, run in torch.
+            torch_only = self.devices or (dtype == "bfloat16" and runtime == "auto")
+            self.runtime = "torch" if torch_only else _pick_runtime(runtime)
+            on_gpu = any(d.startswith("cuda") for d in self.devices) if self.devices else torch.cuda.is_available()
+            self.dtype = teacher_dtype(dtype, self.runtime, on_gpu)
+            # Vectors of a bf16 forward pass differ from fp32 ones in the 3rd digit: stored apart (fp32 keeps
+            # the name stores had before, so their caches stay valid).
+            name = f"L{max_seq_length}" + ("-bf16" if self.dtype == "bfloat16" else "")
+        else:
+            raise ValueError(f"filter.teacher_kind must be 'transformer' or 'static', got {kind!r}")
+        self.store = EmbeddingStore(root / "store" / f"{name}-{store_dtype}", dtype=store_dtype)
         self._model = None
         self._openvino = None
         self._pool = None
@@ -101,7 +124,7 @@ class TeacherEncoder:
         kwargs = {}
         if self.runtime == "openvino" or self.devices:
             kwargs["device"] = "cpu"  # OpenVINO converts the fp32 CPU model; a pool moves copies to its devices
-        elif torch.cuda.is_available():
+        if self.dtype == "bfloat16":
             kwargs["model_kwargs"] = {"dtype": torch.bfloat16}
         self._model = SentenceTransformer(transformers_path(self.model_ref) if m.gguf_file else m.path, **kwargs)
         self._model.max_seq_length = self.max_seq_length

@@ -75,7 +75,7 @@ def run_filter(cfg: FilterConfig, inputs: Sequence[Path], out: Path, cache_dir: 
         if cfg.enabled and sc.rows:
             with TeacherEncoder(cfg.teacher, cache_dir, cfg.batch_size, cfg.max_seq_length, cfg.runtime,
                                 kind=cfg.teacher_kind, static_dims=cfg.static_dims, store_dtype=cfg.store_dtype,
-                                devices=cfg.encode_devices) as encoder:
+                                devices=cfg.encode_devices, dtype=cfg.dtype) as encoder:
                 for i, (name, rows) in enumerate(pool_rows):
                     sub = _sub(progress, 0.1 + 0.8 * i / len(pool_rows), 0.1 + 0.8 * (i + 1) / len(pool_rows))
                     sub(0, f"pool {name}: {len(rows)} examples")
@@ -86,6 +86,7 @@ def run_filter(cfg: FilterConfig, inputs: Sequence[Path], out: Path, cache_dir: 
                                                      "stored_vectors": len(encoder.store),
                                                      "disk_bytes": encoder.store.disk_bytes()},
                                  "teacher": {"kind": cfg.teacher_kind, "runtime": encoder.runtime,
+                                             "dtype": encoder.dtype,
                                              "process_pools_started": encoder.pools_started}}
         else:
             # No teacher, but negatives that are right answers still go (case 06/07 kinds).
