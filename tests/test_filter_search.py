@@ -8,8 +8,8 @@ import pytest
 
 from kalm.filtering.config import FilterConfig, IndexOptions
 from kalm.filtering.embed import pool_devices
-from kalm.filtering.search import (GPU_MAX_K, ExactSearch, build_faiss, ivf_nlist, lists_on_disk, recall,
-                                   tune_recall, use_gpu_for)
+from kalm.filtering.search import (GPU_MAX_K, ExactSearch, build_faiss, choose_kind, ivf_nlist, lists_on_disk,
+                                   recall, tune_recall, use_gpu_for)
 
 
 def _clustered(n: int, dim: int = 32, centers: int = 200, seed: int = 0) -> np.ndarray:
@@ -125,6 +125,11 @@ def test_gpu_decisions():
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[gpu\]'"):
         use_gpu_for(auto, 116, ngpu=0, cuda_devices=8)
     assert not use_gpu_for(never, 116, ngpu=0, cuda_devices=8)
+    # 'auto': exact below exact_below vectors on a CPU; on a GPU exact whatever the size (a CPU IVF
+    # there would leave the GPU idle for hours at millions of vectors).
+    assert choose_kind(10_000, auto) == "flat" and choose_kind(10**7, auto) == "ivf"
+    assert choose_kind(10**7, auto, gpu=True) == "flat"
+    assert choose_kind(10**7, IndexOptions(kind="ivfsq"), gpu=True) == "ivfsq"  # a kind set by hand wins
     # The filter's depth is fixed, whatever a label's size: far below the GPU limit by default.
     assert FilterConfig().search_depth == 116 <= GPU_MAX_K
     # One process pool per stage over every GPU when there are several; configured devices win.

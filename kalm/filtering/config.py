@@ -15,7 +15,7 @@ class IndexOptions(Strict):
                             "memory, or on disk above memory_gb); 'ivfsq': faiss IVF over 8-bit scalar-quantised "
                             "vectors (1 byte per dimension, in memory), its top rerank_factor x depth re-scored exactly "
                             "from the pool (README: ivf's recall at about half its search time); 'auto': flat below "
-                            "exact_below vectors, else ivf")
+                            "exact_below vectors or when the search runs on a GPU, else ivf")
     exact_below: int = Field(200_000, ge=1, description="'auto' uses exact search below this many pool vectors "
                                                          "(above: IVF where it reaches target_recall faster)")
     ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 = 4*sqrt(n), at most n/39 (faiss' k-means needs "
