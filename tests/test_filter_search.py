@@ -38,10 +38,17 @@ def test_exact_search_excludes_a_range_and_extras_inside_the_search(tmp_path):
     np.testing.assert_array_equal(ids, _brute(q, x, 50, excluded))
     assert not np.isin(ids, excluded).any()
     np.testing.assert_allclose(s, np.take_along_axis(q @ x.T, ids, axis=1), rtol=1e-5, atol=1e-6)
-    # A pool smaller than k: the rest is -1.
-    small = ExactSearch(pool[:30], chunk=7)
-    _, ids = small.search(q, 50, lo=0, hi=10)
-    assert (ids[:, :20] >= 10).all() and (ids[:, 20:] == -1).all()
+    # Several workers (one per GPU on a GPU node; threads over faiss.knn here, its CPU twin) each search
+    # every w-th chunk into their own heap, merged: the same results.
+    for workers in (2, 3):
+        s_w, ids_w = ExactSearch(pool, chunk=700, workers=workers).search(q, 50, lo=1000, hi=2500, extras=extras)
+        np.testing.assert_array_equal(ids_w, ids)
+        np.testing.assert_array_equal(s_w, s)
+    # A pool smaller than k: the rest is -1 (also with more workers than chunks).
+    for workers in (1, 8):
+        small = ExactSearch(pool[:30], chunk=7, workers=workers)
+        _, ids = small.search(q, 50, lo=0, hi=10)
+        assert (ids[:, :20] >= 10).all() and (ids[:, 20:] == -1).all()
 
 
 @pytest.mark.parametrize("memory_gb", [4.0, 1e-4])

@@ -6,8 +6,8 @@ float32 for faiss. Two searchers share one interface,
 ``search(q, k, lo, hi, extras) -> (scores [m, k], ids [m, k])``, which never returns ids in
 ``[lo, hi)`` or in ``extras``:
 
-- :class:`ExactSearch`: brute force, chunk by chunk (``faiss.knn``; ``faiss.knn_gpu`` on a GPU),
-  merged with ``faiss.ResultHeap``. The excluded range is skipped; an extra id inside a chunk
+- :class:`ExactSearch`: brute force, chunk by chunk (``faiss.knn``; ``faiss.knn_gpu`` on GPUs, all
+  of them at once: one thread and one ``faiss.ResultHeap`` per device), merged with ``faiss.ResultHeap``. The excluded range is skipped; an extra id inside a chunk
   makes that chunk's k one larger and is dropped from its results, so the merged top-k is exact.
 - :class:`FaissSearch`: a faiss IVF (or HNSW) index, excluding through
   ``SearchParameters(sel=IDSelectorNot(...))``. IVF lists live in memory, or on disk (faiss
@@ -112,24 +112,30 @@ def _float32(a: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- exact
 class ExactSearch:
-    """Exact top-k over a memory-mapped pool, ``chunk`` rows at a time (CPU, or one GPU per chunk round-robin)."""
+    """Exact top-k over a memory-mapped pool, ``chunk`` rows at a time.
+
+    ``gpu``: each chunk is searched with ``faiss.knn_gpu``; ``workers`` (default: one per GPU faiss
+    sees, else 1) search disjoint sets of chunks at once, one thread and one ``ResultHeap`` per
+    worker (worker w owns chunks w, w + workers, ...; on GPUs, device w), merged at the end, so
+    every GPU searches at the same time. On a CPU, ``workers > 1`` runs the same threads over
+    ``faiss.knn`` (the CPU twin of the multi-GPU search; faiss' own OpenMP threads already use every
+    core, so it does not speed a CPU up)."""
 
     kind = "flat"
 
-    def __init__(self, pool: np.ndarray, chunk: int = 65_536, gpu: bool = False):
+    def __init__(self, pool: np.ndarray, chunk: int = 65_536, gpu: bool = False, workers: Optional[int] = None):
         self.pool = pool
         self.n = len(pool)
         self.chunk = chunk
         self.gpu = gpu
+        self.workers = max(1, workers if workers is not None else (gpu_count() if gpu else 1))
         self._res = None
 
-    def _knn(self, q: np.ndarray, xb: np.ndarray, k: int, piece: int):
+    def _knn(self, q: np.ndarray, xb: np.ndarray, k: int, worker: int):
         import faiss
 
         if self.gpu and k <= GPU_MAX_K:
-            if self._res is None:
-                self._res = [faiss.StandardGpuResources() for _ in range(gpu_count())]
-            d = piece % len(self._res)
+            d = worker % len(self._res)  # one worker per device: a StandardGpuResources is not thread-safe
             return faiss.knn_gpu(self._res[d], q, xb, k, metric=faiss.METRIC_INNER_PRODUCT, device=d)
         return faiss.knn(q, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
 
@@ -138,24 +144,39 @@ class ExactSearch:
         import faiss
 
         q = _float32(q)
-        heap = faiss.ResultHeap(len(q), k, keep_max=True)
         extras = np.sort(np.asarray(extras if extras is not None else [], dtype=np.int64))
         spans = [(0, lo), (hi, self.n)] if hi > lo else [(0, self.n)]
-        piece = 0
-        for a0, b0 in spans:
-            for a in range(a0, b0, self.chunk):
-                b = min(a + self.chunk, b0)
+        pieces = [(a, min(a + self.chunk, b0)) for a0, b0 in spans for a in range(a0, b0, self.chunk)]
+        workers = min(self.workers, max(len(pieces), 1))
+        if self.gpu and self._res is None and pieces:
+            self._res = [faiss.StandardGpuResources() for _ in range(gpu_count())]  # before the threads start
+
+        def run(worker: int):
+            heap = faiss.ResultHeap(len(q), k, keep_max=True)
+            for a, b in pieces[worker::workers]:
                 inside = extras[(extras >= a) & (extras < b)]
                 kk = min(k + len(inside), b - a)
-                s, i = self._knn(q, _float32(self.pool[a:b]), kk, piece)
-                piece += 1
+                s, i = self._knn(q, _float32(self.pool[a:b]), kk, worker)
                 i = np.where(i >= 0, i + a, -1)
                 if len(inside):
                     s = np.where(np.isin(i, inside), -np.inf, s).astype(np.float32)
                     i = np.where(np.isfinite(s), i, -1)
                 heap.add_result(s, i)
-        heap.finalize()
-        return heap.D, heap.I
+            heap.finalize()
+            return heap
+
+        if workers == 1:
+            heap = run(0)
+            return heap.D, heap.I
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as threads:
+            heaps = list(threads.map(run, range(workers)))
+        merged = faiss.ResultHeap(len(q), k, keep_max=True)
+        for h in heaps:  # -inf / -1 where a worker found fewer than k: never kept
+            merged.add_result(h.D, h.I)
+        merged.finalize()
+        return merged.D, merged.I
 
 
 # ---------------------------------------------------------------- faiss IVF / HNSW
