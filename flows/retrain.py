@@ -106,12 +106,8 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
         if "evaluate" in todo:
             scores = evaluate_models(store, cfg, trained, data_dir, evaluate_task, refresh=refresh)
         else:
-            scores = store.read_manifest().get("stages", {}).get("evaluate", {}).get("scores", {})
-            if todo & set(STAGES[:STAGES.index("evaluate")]):
-                # The stored scores are the previous model's: never judge (or report) the new model by them.
-                scores = {k: v for k, v in scores.items() if k != "trained"}
-                logger.warning("evaluate was not rerun: the newly trained model has no scores yet "
-                               "(kalm run --run-id %s --only evaluate scores it)", store.run_id)
+            before = bool(todo & set(STAGES[:STAGES.index("evaluate")]))
+            scores = stored_scores(store, trained, rerun_before_evaluate=before, warn=logger.warning)
         decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir,
                              str(cfg.runs_dir))
         store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,
@@ -132,6 +128,29 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
     store.update_manifest(report=str(report))
     logger.info("report: %s", report)
     return {"run_id": store.run_id, "run_dir": run_dir, "scores": scores, "report": str(report), "gate": decision}
+
+
+def stored_scores(store: RunStore, trained: StageResult, rerun_before_evaluate: bool, warn=print
+                  ) -> dict[str, dict[str, Any]]:
+    """The run's recorded scores when evaluate is not rerun (``--only``/``--from`` before it).
+
+    The trained model's scores stand only while the model is the one they were measured on (its
+    content hash, recorded by evaluate): an unchanged retrain keeps them. A model that changed
+    loses them, and the evaluate stage is marked ``stale`` in the manifest (and the report's stage
+    table), so neither the gate nor the report judges the new model by the old one's scores."""
+    entry = store.read_manifest().get("stages", {}).get("evaluate") or {}
+    scores = dict(entry.get("scores") or {})
+    if not rerun_before_evaluate or "trained" not in scores:
+        return scores
+    if entry.get("scored_model_hash") and entry["scored_model_hash"] == trained.hashes.get("model"):
+        return scores
+    scores.pop("trained")
+    fix = f"kalm run --run-id {store.run_id} --only evaluate"
+    store.record_stage("evaluate", status="stale", scores=scores,
+                       metrics={k: v for k, v in (entry.get("metrics") or {}).items() if not k.startswith("trained/")},
+                       note=f"the trained model changed after these scores were measured; {fix} scores it")
+    warn(f"evaluate was not rerun: the newly trained model has no scores yet ({fix} scores it)")
+    return scores
 
 
 def default_run_id(name: str) -> str:
@@ -166,7 +185,7 @@ def evaluate_models(store: RunStore, cfg: RunConfig, trained: StageResult, data_
         scores[label] = {**scores[label], "model": ref}
     all_cached = all(set(s.get("cached", [])) >= set(s["tasks"]) for s in scores.values())
     store.record_stage("evaluate", status="cached" if all_cached else "done",
-                       seconds=round(time.perf_counter() - start, 2),
+                       seconds=round(time.perf_counter() - start, 2), scored_model_hash=trained.hashes.get("model"),
                        metrics={f"{label}/average": s["average"] for label, s in scores.items()}, scores=scores)
     return scores
 

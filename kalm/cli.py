@@ -48,7 +48,7 @@ def _offline_defaults() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kalm.config import ConfigError
-    from kalm.rerun import run_config
+    from kalm.rerun import carried_overrides, run_config
 
     overrides = _parse_sets(args.set or [])
     if (args.only or args.start) and not args.run_id:
@@ -56,10 +56,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(the folder name under runs_dir)", file=sys.stderr)
         return 2
     try:
-        run_config(args.config, args.run_id, overrides)  # fail on a bad config before Prefect starts
+        cfg, _, _ = run_config(args.config, args.run_id, overrides)  # fail on a bad config before Prefect starts
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    carried = carried_overrides(cfg.runs_dir, args.run_id, overrides)
+    if carried:  # said, not silent: a user rerunning with --config FILE may expect FILE's values for these
+        print(f"note: run {args.run_id!r} keeps the settings given with --set on its earlier reruns: "
+              + ", ".join(f"{k}={v}" for k, v in carried.items()) + " (--set KEY=VALUE changes one)", file=sys.stderr)
     from flows.retrain import retrain
     from flows.stage_runner import StageFailed
 

@@ -93,3 +93,11 @@ def run_config(config: Optional[str], run_id: Optional[str], overrides: Optional
         raise ConfigError(_format_errors(e, _source(f"run {run_id}'s recorded config", overrides), overrides)) from None
     check_config_paths(cfg, source=_source(f"run {run_id}'s recorded config", overrides), overrides=overrides)
     return cfg, source, {"rerun_overrides": {**earlier, **overrides}} if overrides else {}
+
+
+def carried_overrides(runs_dir: Path, run_id: Optional[str], overrides: Optional[dict[str, Any]] = None
+                      ) -> dict[str, Any]:
+    """Settings given with ``--set`` on earlier reruns of ``run_id`` that ``overrides`` does not set again:
+    they are part of the run's config now, so they still apply (also under an explicit ``--config``)."""
+    earlier = recorded_manifest(runs_dir, run_id).get("rerun_overrides") or {}
+    return {k: v for k, v in earlier.items() if k not in (overrides or {}) and k != "runs_dir"}

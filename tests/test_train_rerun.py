@@ -52,11 +52,17 @@ def test_case12_rerun_with_a_changed_setting_trains_afresh(shared_data, tmp_path
     assert h2 != h1 and [r["loss"] for r in rows2] != [r["loss"] for r in rows1]
     # Evaluate was not rerun: the old model's score is not presented (or gated) as the new model's.
     assert "trained" in m1["scores"] and "trained" not in m2["scores"] and m2["gate"]["promoted"] is False
+    # evaluate recorded which model it scored (by content); that model is gone, so its row is stale.
+    assert m1["stages"]["evaluate"]["scored_model_hash"] == m1["stages"]["train"]["output_hashes"]["model"]
+    assert m2["stages"]["evaluate"]["status"] == "stale" and "trained/average" not in m2["stages"]["evaluate"]["metrics"]
     assert float(rows2[0]["lr"]) == pytest.approx(1e-4)  # no warmup at 6 steps: step 1 uses the full rate
 
-    # The case's own command (with --config, which matches the run apart from keys set with --set): a 4-step model.
+    # The case's own command (with --config, which matches the run apart from keys set with --set): a 4-step model,
+    # still at the learning rate set on the last rerun, which the command says.
+    capsys.readouterr()
     assert main(["run", "--config", config, "--run-id", "case12", "--only", "train", "--set", "train.max_steps=4",
                  "--set", where]) == 0
+    assert "keeps the settings given with --set on its earlier reruns: train.learning_rate=1e-4" in capsys.readouterr().err
     m3, h3, rows3 = _state(runs)
     t3 = m3["stages"]["train"]
     assert t3["status"] == "done" and t3["counts"]["steps"] == 4 and t3["counts"]["steps_trained"] == 4

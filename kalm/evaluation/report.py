@@ -93,6 +93,7 @@ def _stage_rows(stages: dict[str, Any]) -> list[str]:
     for name in names:
         s = stages[name] or {}
         status = str(s.get("status", "?")) + (f" (from {s['cached_from']})" if s.get("cached_from") else "")
+        status += f": {s['note']}" if s.get("note") else ""  # e.g. a stale evaluate: what to run
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in sorted((s.get("metrics") or {}).items()))
         seconds = s.get("seconds")
