@@ -76,10 +76,11 @@ def _shown(value: Any) -> str:
 def _marked(line: str, loc: str, overrides: Optional[dict[str, Any]]) -> str:
     """``line`` (an error about setting ``loc``) marked with the ``--set`` overrides behind it: the setting
     itself or the section holding it ("from"), or, for a check across a section's settings, the overrides
-    inside that section (which of them the check read is unknown, so they are listed, not blamed)."""
+    inside that section that the message names (listed, not blamed: our checks name the settings they
+    read, so an override the message does not name, e.g. a seed beside a token budget, is left out)."""
     sets = {k: f"{k}={_shown(v)}" for k, v in (overrides or {}).items()}
     behind = [s for k, s in sets.items() if k == loc or loc.startswith(k + ".")]
-    inside = [s for k, s in sets.items() if k.startswith(loc + ".")]
+    inside = [s for k, s in sets.items() if k.startswith(loc + ".") and k.rsplit(".", 1)[-1] in line]
     return (line + (f" [from --set {', --set '.join(behind)}]" if behind else "")
             + (f" [set in this section: --set {', --set '.join(inside)}]" if inside else ""))
 

@@ -7,6 +7,8 @@ import yaml
 
 from kalm.config import ConfigError, load_config
 
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
 
 def test_presets_are_valid():
     demo = load_config("cpu-demo")
@@ -60,7 +62,7 @@ def test_overrides_apply_dotted_keys():
     assert cfg.train.max_steps == 3 and not cfg.generate.enabled
 
 
-def test_an_error_from_a_set_override_names_the_override():
+def test_an_error_from_a_set_override_names_the_override(tmp_path):
     """The YAML file is fine: the error says the value came from the command line, and which one
     (a section-level check is traced to the override inside it; other overrides are not blamed)."""
     with pytest.raises(ConfigError) as e:
@@ -71,13 +73,21 @@ def test_an_error_from_a_set_override_names_the_override():
     with pytest.raises(ConfigError, match=r"(?s)generate\.personas: .*\[set in this section: --set "
                                           r"generate\.personas\.num_personas=50\]"):
         load_config("cpu-demo", {"generate.personas.num_personas": 50})
-    # A check across the generate section (token budget vs lengths) lists the section's overrides without
-    # blaming them: here the seed, which the check does not read (case 16's config).
+    # A check across the generate section (token budget vs lengths) lists the section's overrides its message
+    # names, without blaming them; not the seed, which the check does not read (case 16's command).
     with pytest.raises(ConfigError) as e:
         load_config("cpu-demo", {"generate.max_new_tokens": 16, "generate.seed": 3})
     line = next(x for x in str(e.value).splitlines() if x.startswith("  - generate:"))
     assert "[from --set" not in line
-    assert line.endswith("[set in this section: --set generate.max_new_tokens=16, --set generate.seed=3]")
+    assert line.endswith("[set in this section: --set generate.max_new_tokens=16]")
+    # The budget from the YAML and only the seed on the command line: nothing to list.
+    raw = yaml.safe_load((PRESETS / "cpu-demo.yaml").read_text())
+    raw["generate"]["max_new_tokens"] = 16
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "c.yaml"), {"generate.seed": 3})
+    line = next(x for x in str(e.value).splitlines() if x.startswith("  - generate:"))
+    assert "max_new_tokens 16 cannot fit" in line and "--set" not in line
     with pytest.raises(ConfigError, match=r"exceeds the embedding size 384 .*\[from --set train\.matryoshka_dims=\[1024\]\]"):
         load_config("cpu-demo", {"train.matryoshka_dims": [1024]})  # a check on the student, after validation
 
