@@ -92,9 +92,9 @@ class FilterConfig(Strict):
 
     @model_validator(mode="after")
     def _teacher_precision(self) -> "FilterConfig":
-        if self.dtype == "bfloat16" and self.runtime == "openvino":
-            raise ValueError("filter.dtype is 'bfloat16' but filter.runtime is 'openvino', which runs the float32 "
-                             "model: set filter.runtime: torch (or auto) for a bf16 teacher, or filter.dtype: float32")
+        from kalm.filtering.embed import teacher_dtype
+
+        teacher_dtype(self.dtype, self.runtime, on_gpu=False)  # bf16 with OpenVINO: refused here, before any work
         return self
 
     @property

@@ -7,8 +7,9 @@ float32 for faiss. Two searchers share one interface,
 ``[lo, hi)`` or in ``extras``:
 
 - :class:`ExactSearch`: brute force, chunk by chunk (``faiss.knn``; ``faiss.knn_gpu`` on GPUs, all
-  of them at once: one thread and one ``faiss.ResultHeap`` per device), merged with ``faiss.ResultHeap``. The excluded range is skipped; an extra id inside a chunk
-  makes that chunk's k one larger and is dropped from its results, so the merged top-k is exact.
+  of them at once: one thread per device), merged with ``faiss.ResultHeap``. The excluded range is
+  skipped; an extra id inside a chunk makes that chunk's k one larger and is dropped from its
+  results, so the merged top-k is exact.
 - :class:`FaissSearch`: a faiss IVF (or HNSW) index, excluding through
   ``SearchParameters(sel=IDSelectorNot(...))``. IVF lists live in memory, or on disk (faiss
   ``OnDiskInvertedLists``, memory-mapped) when larger than ``IndexOptions.memory_gb``. ``ivfsq``
