@@ -87,18 +87,12 @@ def baseline(pool: np.ndarray, q: np.ndarray, k: int, batch: int = 16_384) -> tu
 
 
 def recall_at_k(pool: np.ndarray, q: np.ndarray, ids: np.ndarray, sample: np.ndarray, k: int) -> float:
-    """Share of each sampled query's results scoring at least its exact k-th score (float32, ties are hits)."""
-    import faiss
+    """Share of each sampled query's results scoring at least its exact k-th score (float32 on the CPU, ties
+    are hits)."""
+    from kalm.filtering.search import ExactSearch
 
     qs = np.ascontiguousarray(q[sample], dtype=np.float32)
-    exact = np.full((len(qs), k), -np.inf, np.float32)
-    heap = faiss.ResultHeap(len(qs), k, keep_max=True)
-    for a in range(0, len(pool), 262_144):
-        s, i = faiss.knn(qs, np.ascontiguousarray(pool[a:a + 262_144], dtype=np.float32), k,
-                         metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(s, np.where(i >= 0, i + a, -1))
-    heap.finalize()
-    exact = heap.D
+    exact, _ = ExactSearch(pool, 262_144, gpu=False).search(qs, k)
     got = np.einsum("qd,qkd->qk", qs, pool[ids[sample]].astype(np.float32))
     return float((got >= exact[:, -1:] - 1e-5).mean())
 
