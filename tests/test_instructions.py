@@ -60,3 +60,19 @@ def test_one_choice_per_symmetric_type():
     assert cfg.instruction_policy().sides("sts") == (False, False)
     with pytest.raises(ValidationError):
         TrainConfig(symmetric_instructions={"retrieval": "none"})
+
+
+def test_a_per_type_choice_has_one_order_whatever_its_source():
+    """The default, a YAML mapping in any order and the manifest's sorted JSON give the same config dump,
+    so the exported kalm_training.json (the model's content hash) and cache keys do not change on a rerun
+    from the recorded config (case 13: an unchanged `--only train` lost its scores over this)."""
+    import json
+
+    from kalm.training.config import TrainConfig
+
+    default = TrainConfig()
+    reversed_ = TrainConfig(symmetric_instructions=dict(reversed(list(default.symmetric_instructions.items()))))
+    recorded = TrainConfig.model_validate(json.loads(json.dumps(default.model_dump(mode="json"), sort_keys=True)))
+    assert default.model_dump_json() == reversed_.model_dump_json() == recorded.model_dump_json()
+    assert list(default.symmetric_instructions) == ["pair_classification", "sts"]
+    assert TrainConfig(symmetric_instructions="none").symmetric_instructions == "none"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kalm.configbase import Strict
 from kalm.instructions import PAIRS_UNINSTRUCTED, Choice, SymmetricType
@@ -43,13 +43,14 @@ class TrainConfig(Strict):
     query_instruction_format: str = "Instruct: {instruction}\nQuery: {query}"
     use_instructions: bool = True
     symmetric_instructions: Union[Choice, dict[SymmetricType, Choice]] = Field(
-        default_factory=lambda: dict(PAIRS_UNINSTRUCTED),
+        default_factory=lambda: dict(PAIRS_UNINSTRUCTED), validate_default=True,
         description="symmetric task types (sts, pair_classification, classification, clustering): instruct both "
                     "texts or neither (mteb cannot instruct one side of them; see kalm/instructions.py), for all "
                     "('both'/'none') or per type; default: pair tasks (sts, pair_classification) without, "
                     "single-text tasks (classification, clustering) with (measured: bench/instruction_policy.py)")
     max_length: int = Field(128, ge=8)
     batch_size: int = Field(32, ge=2, description="global batch size (queries)")
+
     num_hard_negatives: int = Field(1, ge=0, description="hard negatives per query in the batch")
     max_steps: int = Field(40, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
@@ -99,6 +100,13 @@ class TrainConfig(Strict):
 
         return InstructionPolicy(format=self.query_instruction_format, symmetric=self.symmetric_instructions,
                                  enabled=self.use_instructions)
+
+    @field_validator("symmetric_instructions")
+    @classmethod
+    def _types_in_one_order(cls, v):
+        # One order whatever the source (the YAML, the default, the manifest's sorted JSON): the exported
+        # kalm_training.json, and with it the model's content hash, and cache keys must not change with it.
+        return dict(sorted(v.items())) if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _check_precision(self) -> "TrainConfig":
