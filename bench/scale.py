@@ -8,7 +8,9 @@
 Pipeline mode runs ingest -> filter (+ hard-negative mining) -> training-data preparation
 (tokenization into the train stage's format), one process per N and, inside it, one child
 process per stage so each stage's peak RSS is its own (``kalm.memory.peak_rss_mib`` of the child,
-imports included); wall time is the stage call alone. Baseline: sentence-transformers'
+imports included); wall time is the stage call alone. Our stages run with ``kalm run``'s environment
+(``TOKENIZERS_PARALLELISM=false``, which stages that tokenize whole datasets turn on for that span);
+the baseline's process keeps the library defaults. Baseline: sentence-transformers'
 ``mine_hard_negatives`` (``use_faiss=True``) with the same teacher, the same candidate pool (the
 ingested examples' positives; the generated rows carry no given negatives), the same number of
 negatives (3, ranks [10, 50), relative margin 5 %), in its own process per N, at every N it
@@ -262,8 +264,11 @@ def child(stage: str, n: int, work: Path) -> None:
 def spawn(args: list[str], timeout: float | None = None) -> dict | None:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--index", INDEX["kind"],
            "--nprobe", str(INDEX["ivf_nprobe"])]
+    env = dict(os.environ)
+    if "baseline" not in args:  # our stages run as `kalm run` runs them (kalm.cli's offline defaults)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return None
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]

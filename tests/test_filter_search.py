@@ -9,7 +9,7 @@ import pytest
 from kalm.filtering.config import FilterConfig, IndexOptions
 from kalm.filtering.embed import pool_devices
 from kalm.filtering.search import (GPU_MAX_K, ExactSearch, build_faiss, choose_kind, ivf_nlist, lists_on_disk,
-                                   recall, tune_recall, use_gpu_for)
+                                   nvidia_driver_present, recall, tune_recall, use_gpu_for)
 
 
 def _clustered(n: int, dim: int = 32, centers: int = 200, seed: int = 0) -> np.ndarray:
@@ -191,3 +191,19 @@ def test_a_float16_pool_is_searched_as_its_float32_values(tmp_path):
     cand = exact[np.float32][1]
     for a, b in zip(rerank(q, cand, pools[np.float16], 10), rerank(q, cand, pools[np.float32], 10)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(nvidia_driver_present(), reason="this machine has an NVIDIA driver: torch is asked")
+def test_no_nvidia_driver_means_no_gpu_without_importing_torch():
+    # A static teacher's filter on a CPU needs no torch; asking torch for CUDA devices imported it
+    # (~1 s, a third of a 10k-example filter). A fresh interpreter, so earlier tests' imports do not count.
+    import subprocess
+    import sys
+
+    code = ("import sys; from kalm.filtering.search import cuda_device_count, use_gpu_for, gpu_count; "
+            "from kalm.filtering.config import IndexOptions; "
+            "assert cuda_device_count() == 0; "
+            "assert not use_gpu_for(IndexOptions(), 66, gpu_count(), cuda_device_count()); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import psutil
@@ -30,6 +31,21 @@ def test_static_teacher_is_distilled_once_offline_and_cached(sts_texts, tmp_path
     # so a different text gets a different vector.
     np.testing.assert_allclose(enc.encode([sts_texts[5]])[0], vecs[5], atol=1e-3)
     assert float(vecs[0] @ vecs[1]) < 0.9999
+
+    # Under the CLI's TOKENIZERS_PARALLELISM=false, model2vec tokenizes with the tokenizers' thread
+    # pool on (tokenizing is most of a static teacher's time), and the CLI's setting is back after.
+    class Recording(list):  # model2vec reads its input inside encode
+        seen: list = []
+
+        def __iter__(self):
+            Recording.seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+            return list.__iter__(self)
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    again_vecs = enc._encode_chunk(Recording(sts_texts))
+    assert Recording.seen and set(Recording.seen) == {"true"}
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    np.testing.assert_allclose(again_vecs, vecs, atol=1e-3)  # the same vectors (the store keeps float16)
 
     again = TeacherEncoder(tiny_bert_teacher, tmp_path, kind="static", static_dims=16, max_seq_length=64)
     mtime = (again.static_dir / "model.safetensors").stat().st_mtime_ns

@@ -149,7 +149,10 @@ class TeacherEncoder:
     def _encode_chunk(self, texts: list[str]) -> np.ndarray:
         model = self.load()
         if self.kind == "static":
-            vecs = model.encode(texts, batch_size=max(self.batch_size, 1024), use_multiprocessing=False)
+            from kalm.tokenization import parallel_tokenizers
+
+            with parallel_tokenizers():  # tokenizing is most of a static teacher's time; nothing forks here
+                vecs = model.encode(texts, batch_size=max(self.batch_size, 1024), use_multiprocessing=False)
         elif self._openvino is not None:
             vecs = self._openvino.encode(texts, self.batch_size)
         elif self.devices:

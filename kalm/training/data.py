@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -42,6 +41,7 @@ import pyarrow.compute as pc
 
 from kalm.instructions import SYMMETRIC
 from kalm.stage import Progress, no_progress
+from kalm.tokenization import parallel_tokenizers
 from kalm.training.config import TrainConfig
 
 FORMAT_VERSION = "2"  # bump when the file's columns or their meaning change
@@ -181,10 +181,8 @@ def prepare_training_data(cfg: TrainConfig, inputs: Sequence[Path], out_dir: Pat
     path = Path(out_dir) / f"tokens-{data_key(cfg, files, tokenizer, model_path)}.arrow"
     if path.exists() and path.with_suffix(".json").exists():
         return path
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # this process forks nothing while tokenizing
     done, counts = 0, Counter()
-    try:
+    with parallel_tokenizers():  # this process forks nothing while tokenizing
         with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, ARROW_SCHEMA) as writer:
             for f in files:
@@ -202,11 +200,6 @@ def prepare_training_data(cfg: TrainConfig, inputs: Sequence[Path], out_dir: Pat
             atomic_write_json(path.with_suffix(".json"), {
                 "rows": done, "inputs": [str(f) for f in files],
                 "instruction_counts": [[t, i, n] for (t, i), n in sorted(counts.items())]})
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
     return path
 
 
