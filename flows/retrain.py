@@ -109,7 +109,7 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
             before = bool(todo & set(STAGES[:STAGES.index("evaluate")]))
             scores = stored_scores(store, trained, rerun_before_evaluate=before, warn=logger.warning)
         decision = gate_task(cfg.evaluate, scores.get("trained"), str(trained.output("model")), run_dir,
-                             str(cfg.runs_dir))
+                             str(cfg.runs_dir), unscored=None if "evaluate" in todo else unscored_reason(store))
         store.update_manifest(status="done", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), scores=scores,
                               promoted=decision.get("promoted"), gate=decision)
         report = report_task(store.read_manifest(), scores, run_dir, in_domain_tasks(cfg, ingested), gate=decision)
@@ -151,6 +151,16 @@ def stored_scores(store: RunStore, trained: StageResult, rerun_before_evaluate: 
                        note=f"the trained model changed after these scores were measured; {fix} scores it")
     warn(f"evaluate was not rerun: the newly trained model has no scores yet ({fix} scores it)")
     return scores
+
+
+def unscored_reason(store: RunStore) -> str:
+    """Why a rerun that stopped before evaluate has no scores for its trained model, for the gate: the
+    evaluate stage's ``stale`` note (the model changed since it was scored), else that evaluate has
+    not scored it; both with the command that does."""
+    entry = store.read_manifest().get("stages", {}).get("evaluate") or {}
+    if entry.get("status") == "stale" and entry.get("note"):
+        return f"evaluate was not rerun: {entry['note']}"
+    return f"evaluate has not scored it; kalm run --run-id {store.run_id} --only evaluate scores it"
 
 
 def default_run_id(name: str) -> str:

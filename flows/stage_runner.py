@@ -14,10 +14,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kalm.stage import StageResult
+from kalm.stage import STAGES, StageResult
 from kalm.store import RunStore, link_tree
-
-STAGES = ("generate", "ingest", "filter", "train", "evaluate", "report")
 
 
 class StageFailed(RuntimeError):

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import yaml
 
-STAGE_NAMES = ("generate", "ingest", "filter", "train", "evaluate", "report")
+from kalm.stage import STAGES as STAGE_NAMES  # pydantic only: no Prefect at load time
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def _offline_defaults() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kalm.config import ConfigError
-    from kalm.rerun import carried_overrides, run_config
+    from kalm.rerun import carried_overrides, missing_run_error, run_config
 
     overrides = _parse_sets(args.set or [])
     if (args.only or args.start) and not args.run_id:
@@ -60,6 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.only or args.start:  # a mistyped run id: said before Prefect starts or any folder is made
+        asked = set(args.only or STAGE_NAMES[STAGE_NAMES.index(args.start):])
+        missing = missing_run_error(cfg, args.run_id, asked)
+        if missing:
+            print(f"error: {missing}", file=sys.stderr)
+            return 2
     carried = carried_overrides(cfg.runs_dir, args.run_id, overrides)
     if carried:  # said, not silent: a user rerunning with --config FILE may expect FILE's values for these
         print(f"note: run {args.run_id!r} keeps the settings given with --set on its earlier reruns: "

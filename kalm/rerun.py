@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from kalm.config import (DEFAULT_PRESET, ConfigError, RunConfig, _format_errors, _set_dotted, _source, _substitute,
                          check_config_paths, load_config)
+from kalm.stage import STAGES
 from kalm.store import MANIFEST
 
 
@@ -101,3 +102,30 @@ def carried_overrides(runs_dir: Path, run_id: Optional[str], overrides: Optional
     they are part of the run's config now, so they still apply (also under an explicit ``--config``)."""
     earlier = recorded_manifest(runs_dir, run_id).get("rerun_overrides") or {}
     return {k: v for k, v in earlier.items() if k not in (overrides or {}) and k != "runs_dir"}
+
+
+def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Optional[Path] = None) -> Optional[str]:
+    """Why ``kalm run --run-id RUN_ID --only/--from`` cannot start, before anything is created, or None.
+
+    ``asked``: the stages to (re)compute. For a run with no recorded manifest (a new id, or a mistyped
+    one) every stage before the last one asked for must be asked for too or be disabled in ``cfg``
+    (``--only generate`` starts a run; ``--only ingest`` does too when generation is off), since there
+    is no run to take it from. Otherwise the answer names the run folder that is missing, the runs
+    that exist, and both fixes. An existing run returns None: its stored stages are checked when
+    the flow takes them (``flows.stage_runner.stored_result``)."""
+    runs_dir = Path(runs_dir or cfg.runs_dir)
+    if recorded_manifest(runs_dir, run_id):
+        return None
+    last = max(STAGES.index(s) for s in asked)
+    needed = [s for s in STAGES[:last] if s not in asked and getattr(getattr(cfg, s, None), "enabled", True) is not False]
+    if not needed:
+        return None
+    runs = sorted((p for p in runs_dir.glob(f"*/{MANIFEST}")), key=lambda p: p.stat().st_mtime, reverse=True)
+    names = [p.parent.name for p in runs[:10]]
+    listed = (f"runs there, newest first: {', '.join(names)}" + (" ..." if len(runs) > 10 else "")
+              if names else "there are no runs there yet")
+    first = STAGES.index(needed[0])
+    return (f"there is no run {run_id!r} in {runs_dir} (no {run_id}/{MANIFEST}; {listed}), so it has no "
+            f"finished {needed[0]!r} stage to build on. Check the run id, or start the run: "
+            f"kalm run --run-id {run_id} (every stage), or kalm run --run-id {run_id} --only "
+            f"{' '.join(STAGES[first:last + 1])}")

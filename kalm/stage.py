@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
+# The recipe's stages, in order (flows/retrain.py runs them; --only / --from name them).
+STAGES = ("generate", "ingest", "filter", "train", "evaluate", "report")
+
 # A progress callback: fraction done in [0, 1] and a short message.
 Progress = Callable[[float, str], None]
 

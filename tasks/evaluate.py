@@ -142,19 +142,19 @@ def report_task(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], run
 
 @task(name="quality-gate")
 def gate_task(cfg: EvaluateConfig, scores: Optional[dict[str, Any]], model_path: str, run_dir: str,
-              runs_dir: str) -> dict[str, Any]:
+              runs_dir: str, unscored: Optional[str] = None) -> dict[str, Any]:
     """Promote the trained model (record it in ``<runs_dir>/promoted.json``) unless it is worse than the
-    current one by more than ``cfg.gate_margin``; says clearly why not otherwise."""
+    current one by more than ``cfg.gate_margin``; says clearly why not otherwise (``unscored``: why
+    the model has no scores, when the flow knows)."""
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
-    from kalm.evaluation.gate import gate
+    from kalm.evaluation.gate import gate, verdict_text
 
     decision = gate(scores, model_path, Path(run_dir).name, Path(runs_dir), cfg.gate_margin,
-                    fingerprint=(scores or {}).get("fingerprint"), promote=cfg.promote)
+                    fingerprint=(scores or {}).get("fingerprint"), promote=cfg.promote, unscored=unscored)
     logger = get_run_logger()
     (logger.info if decision["promoted"] else logger.warning)(decision["reason"])
-    create_markdown_artifact(markdown=f"## Quality gate\n\n**{'promoted' if decision['promoted'] else 'not promoted'}**"
-                                      f": {decision['reason']}\n\nregistry: `{decision['registry']}`",
+    create_markdown_artifact(markdown=f"## Quality gate\n\n{verdict_text(decision)}\n\nregistry: `{decision['registry']}`",
                              key="quality-gate", description="quality gate decision")
     return decision

@@ -27,8 +27,9 @@ def ingest_task(cfg: IngestConfig, run_dir: str, inputs: Sequence[StageResult] =
     progress.close()
     for name, s in result.info["per_source"].items():
         logger.info("dataset %s: format %s (%s); %d rows read -> %d examples; dropped %s; decontaminated %s; "
-                    "deduplicated %s", name, s["format"], s["format_reason"], s["rows_read"], s["examples"],
-                    s["dropped"] or 0, s["decontaminated"] or 0, s["deduplicated"] or 0)
+                    "deduplicated %s; negatives removed %s", name, s["format"], s["format_reason"], s["rows_read"],
+                    s["examples"], s["dropped"] or 0, s["decontaminated"] or 0, s["deduplicated"] or 0,
+                    s.get("negatives_removed") or 0)
     for name, why in result.info.get("skipped_datasets", {}).items():
         logger.info("dataset %s skipped: %s", name, why)
     publish_summary(result, "ingest", ingest_markdown(result.info))

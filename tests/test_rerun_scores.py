@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.retrain import stored_scores
+from flows.retrain import stored_scores, unscored_reason
 from kalm.evaluation.report import _stage_rows
 from kalm.stage import StageResult
 from kalm.store import RunStore
@@ -53,3 +53,14 @@ def test_scores_without_the_model_hash_are_not_trusted_for_a_retrained_model(tmp
 def test_a_rerun_after_evaluate_changes_nothing(tmp_path):
     store = _run(tmp_path, scored_model_hash="h1")
     assert stored_scores(store, _trained(tmp_path, "h2"), False, lambda m: None) == SCORES
+
+
+def test_the_gate_is_told_why_a_rerun_before_evaluate_has_no_scores(tmp_path):
+    # Case 12's second command: the retrained model changed, evaluate is stale; the gate's reason says
+    # that and how to score it, not "evaluation produced none".
+    store = _run(tmp_path, scored_model_hash="h1")
+    stored_scores(store, _trained(tmp_path, "h2"), True, lambda _: None)
+    assert unscored_reason(store) == ("evaluate was not rerun: the trained model changed after these scores were "
+                                      "measured; kalm run --run-id r --only evaluate scores it")
+    never = RunStore(tmp_path / "runs", "fresh")  # no evaluate recorded at all
+    assert unscored_reason(never) == "evaluate has not scored it; kalm run --run-id fresh --only evaluate scores it"

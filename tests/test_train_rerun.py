@@ -55,6 +55,11 @@ def test_case12_rerun_with_a_changed_setting_trains_afresh(shared_data, tmp_path
     # evaluate recorded which model it scored (by content); that model is gone, so its row is stale.
     assert m1["stages"]["evaluate"]["scored_model_hash"] == m1["stages"]["train"]["output_hashes"]["model"]
     assert m2["stages"]["evaluate"]["status"] == "stale" and "trained/average" not in m2["stages"]["evaluate"]["metrics"]
+    # The gate says why it has no scores and how to get them (it said "evaluation produced none").
+    assert m2["gate"]["reason"].startswith("not promoted: the model has no scores (evaluate was not rerun: the "
+                                           "trained model changed") and "--only evaluate scores it" in m2["gate"]["reason"]
+    report = (runs / "case12" / "report.md").read_text()
+    assert "**not promoted**: the model has no scores (evaluate was not rerun" in report
     assert float(rows2[0]["lr"]) == pytest.approx(1e-4)  # no warmup at 6 steps: step 1 uses the full rate
 
     # The case's own command (with --config, which matches the run apart from keys set with --set): a 4-step model,

@@ -61,11 +61,16 @@ def _valid(scores: Optional[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], margin: float) -> dict[str, Any]:
-    """The decision alone (no registry I/O): ``{"promoted", "reason", ...}``."""
+def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], margin: float,
+           unscored: Optional[str] = None) -> dict[str, Any]:
+    """The decision alone (no registry I/O): ``{"promoted", "reason", ...}``.
+
+    ``unscored``: why the model has no scores when the caller knows (e.g. a rerun that stopped before
+    evaluate, with the command that scores it); default: evaluation produced none."""
     ours = _valid(scores)
     if not ours:
-        return {"promoted": False, "reason": "not promoted: the model has no scores (evaluation produced none)"}
+        return {"promoted": False,
+                "reason": f"not promoted: the model has no scores ({unscored or 'evaluation produced none'})"}
     if current is None:
         avg = sum(ours.values()) / len(ours)
         return {"promoted": True, "average": avg, "tasks": sorted(ours),
@@ -115,8 +120,16 @@ def run_flags(runs_dir: Path, run_id: str) -> list[str]:
             for f in ((s.get("result") or {}).get("info") or {}).get("flags") or []]
 
 
+def verdict_text(decision: dict[str, Any]) -> str:
+    """``**promoted**: <reason>`` (or ``**not promoted**: ...``) for reports, without repeating the verdict
+    that most reasons already start with."""
+    verdict = "promoted" if decision.get("promoted") else "not promoted"
+    reason = str(decision.get("reason", ""))
+    return f"**{verdict}**: {reason.removeprefix(verdict + ': ')}"
+
+
 def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_dir: Path, margin: float,
-         fingerprint: Optional[str] = None, promote: bool = True) -> dict[str, Any]:
+         fingerprint: Optional[str] = None, promote: bool = True, unscored: Optional[str] = None) -> dict[str, Any]:
     """Decide, record the decision in the registry, and on promotion make this model the current one.
 
     Rerunning the gate for a run already recorded replaces that run's earlier decision (a cached
@@ -139,7 +152,7 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             alive = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") not in (run_id, gone_run)
                      and not _missing_model(h)]
             current = alive[-1] if alive else None
-        decision = decide(scores, current, margin)
+        decision = decide(scores, current, margin, unscored)
         if gone_run is not None:
             # Named by run id only: nothing recorded points into the deleted folder.
             then = (f"judged against the latest promoted model that still exists (run {current.get('run_id')})"

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from kalm.evaluation.gate import verdict_text
 from kalm.store import atomic_write_text
 
 STAGE_ORDER = ("generate", "ingest", "filter", "train", "evaluate", "report")
@@ -265,8 +266,7 @@ def build_report(manifest: dict[str, Any], scores: dict[str, dict[str, Any]], ou
     if scores:
         lines += ["![scores per task](scores.png)", ""]
     if gate:
-        lines += ["## Quality gate", "", f"**{'promoted' if gate.get('promoted') else 'not promoted'}**: "
-                  f"{gate.get('reason', '')}", ""]
+        lines += ["## Quality gate", "", verdict_text(gate), ""]
     lines += _eval_time_lines(scores)
 
     lines += ingest_table(((stages.get("ingest") or {}).get("result") or {}).get("info") or {})
