@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kalm.evaluation.gate import verdict_text
+from kalm.stage import STAGES
 from kalm.store import atomic_write_text
 
-STAGE_ORDER = ("generate", "ingest", "filter", "train", "evaluate", "report")
 # The pair whose difference the report shows (the run's effect on its student).
 BASE, TRAINED = "base", "trained"
 
@@ -90,7 +90,7 @@ def _fmt_counts(counts: dict[str, Any]) -> str:
 
 def _stage_rows(stages: dict[str, Any]) -> list[str]:
     lines = ["| stage | status | seconds | counts | metrics |", "|---|---|---:|---|---|"]
-    names = [s for s in STAGE_ORDER if s in stages] + sorted(set(stages) - set(STAGE_ORDER))
+    names = [s for s in STAGES if s in stages] + sorted(set(stages) - set(STAGES))  # in the order they run
     for name in names:
         s = stages[name] or {}
         status = str(s.get("status", "?")) + (f" (from {s['cached_from']})" if s.get("cached_from") else "")
