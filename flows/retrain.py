@@ -17,23 +17,11 @@ from prefect import flow, get_run_logger
 from flows.stage_runner import (STAGES, StageFailed, check_inputs, has_stored_result, quiet_data_faults, record_failure,
                                 run_stage, stored_result)
 from kalm.config import RunConfig
-from kalm.rerun import run_config
+from kalm.rerun import run_config, select_stages, stage_disabled
 from kalm.stage import StageResult
 from kalm.store import RunStore, new_run_id
 
 quiet_data_faults()  # a bad row is told by its message (file, row, field, fix), not by the flow's traceback
-
-
-def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None) -> set[str]:
-    """Stages to (re)compute: all, the ``only`` list, or ``start`` and everything after it."""
-    for s in (only or []) + ([start] if start else []):
-        if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}: choose from {', '.join(STAGES)}")
-    if only:
-        return set(only)
-    if start:
-        return set(STAGES[STAGES.index(start):])
-    return set(STAGES)
 
 
 class _StopBefore(Exception):
@@ -83,7 +71,7 @@ def retrain(config: Optional[str] = None, run_id: Optional[str] = None, override
             stored = has_stored_result(store, name)  # one manifest read decides the three cases below
             if STAGES.index(name) > last_asked and not stored:
                 raise _StopBefore(name)  # e.g. `--only generate` on a new run: nothing after it to take
-            if not stored and getattr(getattr(cfg, name, None), "enabled", True) is False:
+            if not stored and stage_disabled(cfg, name):
                 # A disabled stage has no output to take and costs nothing to run: `--only ingest` on a
                 # new run whose config turns generation off needs no `generate` first.
                 return run_stage(store, name, call, refresh=refresh, config_hash=cfg.stage_hash(name),
@@ -145,7 +133,7 @@ def stored_scores(store: RunStore, trained: StageResult, rerun_before_evaluate: 
     if entry.get("scored_model_hash") and entry["scored_model_hash"] == trained.hashes.get("model"):
         return scores
     scores.pop("trained")
-    fix = f"kalm run --run-id {store.run_id} --only evaluate"
+    fix = _score_command(store)
     store.record_stage("evaluate", status="stale", scores=scores,
                        metrics={k: v for k, v in (entry.get("metrics") or {}).items() if not k.startswith("trained/")},
                        note=f"the trained model changed after these scores were measured; {fix} scores it")
@@ -160,7 +148,11 @@ def unscored_reason(store: RunStore) -> str:
     entry = store.read_manifest().get("stages", {}).get("evaluate") or {}
     if entry.get("status") == "stale" and entry.get("note"):
         return f"evaluate was not rerun: {entry['note']}"
-    return f"evaluate has not scored it; kalm run --run-id {store.run_id} --only evaluate scores it"
+    return f"evaluate has not scored it; {_score_command(store)} scores it"
+
+
+def _score_command(store: RunStore) -> str:
+    return f"kalm run --run-id {store.run_id} --only evaluate"
 
 
 def default_run_id(name: str) -> str:

@@ -48,7 +48,7 @@ def _offline_defaults() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kalm.config import ConfigError
-    from kalm.rerun import carried_overrides, missing_run_error, run_config
+    from kalm.rerun import carried_overrides, missing_run_error, run_config, select_stages
 
     overrides = _parse_sets(args.set or [])
     if (args.only or args.start) and not args.run_id:
@@ -61,8 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.only or args.start:  # a mistyped run id: said before Prefect starts or any folder is made
-        asked = set(args.only or STAGE_NAMES[STAGE_NAMES.index(args.start):])
-        missing = missing_run_error(cfg, args.run_id, asked)
+        missing = missing_run_error(cfg, args.run_id, select_stages(args.only, args.start))
         if missing:
             print(f"error: {missing}", file=sys.stderr)
             return 2

@@ -104,6 +104,23 @@ def carried_overrides(runs_dir: Path, run_id: Optional[str], overrides: Optional
     return {k: v for k, v in earlier.items() if k not in (overrides or {}) and k != "runs_dir"}
 
 
+def select_stages(only: Optional[list[str]] = None, start: Optional[str] = None) -> set[str]:
+    """Stages to (re)compute: all, the ``only`` list, or ``start`` and everything after it."""
+    for s in (only or []) + ([start] if start else []):
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}: choose from {', '.join(STAGES)}")
+    if only:
+        return set(only)
+    if start:
+        return set(STAGES[STAGES.index(start):])
+    return set(STAGES)
+
+
+def stage_disabled(cfg: RunConfig, name: str) -> bool:
+    """Whether ``cfg`` turns stage ``name`` off (``<stage>.enabled: false``): it has no output to take."""
+    return getattr(getattr(cfg, name, None), "enabled", True) is False
+
+
 def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Optional[Path] = None) -> Optional[str]:
     """Why ``kalm run --run-id RUN_ID --only/--from`` cannot start, before anything is created, or None.
 
@@ -117,7 +134,7 @@ def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Op
     if recorded_manifest(runs_dir, run_id):
         return None
     last = max(STAGES.index(s) for s in asked)
-    needed = [s for s in STAGES[:last] if s not in asked and getattr(getattr(cfg, s, None), "enabled", True) is not False]
+    needed = [s for s in STAGES[:last] if s not in asked and not stage_disabled(cfg, s)]
     if not needed:
         return None
     runs = sorted((p for p in runs_dir.glob(f"*/{MANIFEST}")), key=lambda p: p.stat().st_mtime, reverse=True)
