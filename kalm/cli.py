@@ -61,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.only or args.start:  # a mistyped run id: said before Prefect starts or any folder is made
-        missing = missing_run_error(cfg, args.run_id, select_stages(args.only, args.start))
+        missing = missing_run_error(cfg, args.run_id, select_stages(args.only, args.start), config=args.config,
+                                    sets=bool(overrides))
         if missing:
             print(f"error: {missing}", file=sys.stderr)
             return 2

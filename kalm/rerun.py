@@ -121,15 +121,17 @@ def stage_disabled(cfg: RunConfig, name: str) -> bool:
     return getattr(getattr(cfg, name, None), "enabled", True) is False
 
 
-def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Optional[Path] = None) -> Optional[str]:
+def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Optional[Path] = None,
+                      config: Optional[str] = None, sets: bool = False) -> Optional[str]:
     """Why ``kalm run --run-id RUN_ID --only/--from`` cannot start, before anything is created, or None.
 
     ``asked``: the stages to (re)compute. For a run with no recorded manifest (a new id, or a mistyped
     one) every stage before the last one asked for must be asked for too or be disabled in ``cfg``
     (``--only generate`` starts a run; ``--only ingest`` does too when generation is off), since there
     is no run to take it from. Otherwise the answer names the run folder that is missing, the runs
-    that exist, and both fixes. An existing run returns None: its stored stages are checked when
-    the flow takes them (``flows.stage_runner.stored_result``)."""
+    that exist, and both fixes (with ``--config config`` when the command gave one, and a reminder of
+    its ``--set`` options when ``sets``). An existing run returns None: its stored stages are checked
+    when the flow takes them (``flows.stage_runner.stored_result``)."""
     runs_dir = Path(runs_dir or cfg.runs_dir)
     if recorded_manifest(runs_dir, run_id):
         return None
@@ -142,7 +144,8 @@ def missing_run_error(cfg: RunConfig, run_id: str, asked: set[str], runs_dir: Op
     listed = (f"runs there, newest first: {', '.join(names)}" + (" ..." if len(runs) > 10 else "")
               if names else "there are no runs there yet")
     first = STAGES.index(needed[0])
+    start = f"kalm run{f' --config {config}' if config else ''} --run-id {run_id}"
     return (f"there is no run {run_id!r} in {runs_dir} (no {run_id}/{MANIFEST}; {listed}), so it has no "
             f"finished {needed[0]!r} stage to build on. Check the run id, or start the run: "
-            f"kalm run --run-id {run_id} (every stage), or kalm run --run-id {run_id} --only "
-            f"{' '.join(STAGES[first:last + 1])}")
+            f"{start} (every stage), or {start} --only {' '.join(STAGES[first:last + 1])}"
+            + (" (with the same --set options)" if sets else ""))

@@ -194,8 +194,10 @@ def test_gate_replaces_a_promoted_model_whose_folder_was_deleted(tmp_path):
     shutil.rmtree(tmp_path / "runs" / "first")
     d = gate(summary({"STSBenchmark": 0.75}), second, "second", tmp_path, 0.0)
     assert d["promoted"] and d["replaced_missing_run"] == "first" and d["current_average"] == pytest.approx(0.70)
-    assert d["reason"].startswith("the promoted model of run first no longer exists (its folder was deleted); "
-                                  "judged against the latest promoted model that still exists (run zero): promoted")
+    assert d["reason"].startswith("promoted: the promoted model of run first no longer exists (its folder was "
+                                  "deleted); judged against the latest promoted model that still exists (run zero): "
+                                  "average 0.7500")
+    assert d["reason"].count("promoted:") == 1  # the verdict once (it was said twice, helper on case 13)
     assert "runs/first" not in json.dumps(d) and "runs/first" not in json.dumps(load_registry(tmp_path)["current"])
     current = load_registry(tmp_path)["current"]
     assert current["run_id"] == "second" and Path(current["model"]).exists()
@@ -203,3 +205,6 @@ def test_gate_replaces_a_promoted_model_whose_folder_was_deleted(tmp_path):
     shutil.rmtree(tmp_path / "runs")
     alone = gate(summary({"STSBenchmark": 0.1}), model("third"), "third", tmp_path, 0.0)
     assert alone["promoted"] and "no earlier promoted model exists either" in alone["reason"]
+    assert alone["reason"].startswith("promoted: the promoted model of run second no longer exists")
+    assert alone["reason"].count("promoted:") == 1 and "no model was promoted before" not in alone["reason"]
+    assert verdict_text(alone).startswith("**promoted**: the promoted model of run second no longer exists")

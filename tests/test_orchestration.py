@@ -104,7 +104,7 @@ def test_only_on_a_new_run_ends_after_the_stages_asked_for(env):
     missing = _kalm(env, "run", "--config", str(TINY), "--run-id", "only-new-2", "--only", "train",
                     *_overrides(env), ok=False)
     assert missing.returncode == 2 and "has no finished 'ingest' stage to build on" in missing.stderr
-    assert "kalm run --run-id only-new-2 --only ingest filter train" in missing.stderr
+    assert f"kalm run --config {TINY} --run-id only-new-2 --only ingest filter train" in missing.stderr
     assert "there is no run 'only-new-2'" in missing.stderr and "newest first: only-new" in missing.stderr
     assert not (Path(env["KALM_HOME"]) / "runs" / "only-new-2").exists()
 

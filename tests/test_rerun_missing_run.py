@@ -26,7 +26,7 @@ def test_a_mistyped_run_id_is_refused_before_anything_is_created(tmp_path):
     assert out.returncode == 2, out.stderr
     err = out.stderr
     assert "there is no run 'case21'" in err and str(runs) in err and "case12" in err  # the run that exists
-    assert "kalm run --run-id case21 --only generate ingest filter train" in err
+    assert "kalm run --run-id case21 --only generate ingest filter train (with the same --set options)" in err
     assert sorted(p.name for p in runs.iterdir()) == ["case12"]  # no folder for the typo
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.db"))  # no Prefect server
 
@@ -42,3 +42,7 @@ def test_which_partial_runs_can_start_a_new_run(tmp_path):
     assert "no finished 'ingest' stage" in missing_run_error(no_synth, "new", {"filter"})
     RunStore(tmp_path / "runs", "old").update_manifest(run_id="old", status="done")
     assert missing_run_error(cfg, "old", {"train"}) is None  # an existing run: its stages are checked later
+    # The fixes keep the command's --config (without it they would start a run of the default preset).
+    told = missing_run_error(cfg, "typo", {"train"}, config="my.yaml")
+    assert "start the run: kalm run --config my.yaml --run-id typo (every stage), or kalm run --config my.yaml " \
+           "--run-id typo --only generate ingest filter train" in told and "--set" not in told

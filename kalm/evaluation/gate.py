@@ -62,11 +62,13 @@ def _valid(scores: Optional[dict[str, Any]]) -> dict[str, float]:
 
 
 def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], margin: float,
-           unscored: Optional[str] = None) -> dict[str, Any]:
-    """The decision alone (no registry I/O): ``{"promoted", "reason", ...}``.
+           unscored: Optional[str] = None, first_because: str = "no model was promoted before") -> dict[str, Any]:
+    """The decision alone (no registry I/O): ``{"promoted", "reason", ...}``; every reason starts with
+    its verdict (``promoted: `` or ``not promoted: ``).
 
     ``unscored``: why the model has no scores when the caller knows (e.g. a rerun that stopped before
-    evaluate, with the command that scores it); default: evaluation produced none."""
+    evaluate, with the command that scores it); default: evaluation produced none. ``first_because``:
+    why there is no current model to compare with (the reason of a first model)."""
     ours = _valid(scores)
     if not ours:
         return {"promoted": False,
@@ -74,7 +76,7 @@ def decide(scores: Optional[dict[str, Any]], current: Optional[dict[str, Any]], 
     if current is None:
         avg = sum(ours.values()) / len(ours)
         return {"promoted": True, "average": avg, "tasks": sorted(ours),
-                "reason": f"promoted: no model was promoted before; this one becomes current (average {avg:.4f} "
+                "reason": f"promoted: {first_because}; this one becomes current (average {avg:.4f} "
                           f"on {len(ours)} tasks)"}
     theirs_all = _valid(current.get("scores"))
     shared = sorted(set(ours) & set(theirs_all))
@@ -152,14 +154,16 @@ def gate(scores: Optional[dict[str, Any]], model_path: str, run_id: str, runs_di
             alive = [h for h in reg["history"] if h.get("promoted") and h.get("run_id") not in (run_id, gone_run)
                      and not _missing_model(h)]
             current = alive[-1] if alive else None
-        decision = decide(scores, current, margin, unscored)
+        decision = decide(scores, current, margin, unscored,
+                          first_because="no promoted model exists" if gone_run else "no model was promoted before")
         if gone_run is not None:
-            # Named by run id only: nothing recorded points into the deleted folder.
+            # Named by run id only: nothing recorded points into the deleted folder. The verdict leads, once.
             then = (f"judged against the latest promoted model that still exists (run {current.get('run_id')})"
                     if current else "no earlier promoted model exists either, so this one is judged as the first")
+            verdict = "promoted" if decision["promoted"] else "not promoted"
             decision = {**decision, "replaced_missing_run": gone_run,
-                        "reason": f"the promoted model of run {gone_run} no longer exists (its folder was deleted); "
-                                  f"{then}: {decision['reason']}"}
+                        "reason": f"{verdict}: the promoted model of run {gone_run} no longer exists (its folder was "
+                                  f"deleted); {then}: {decision['reason'].removeprefix(verdict + ': ')}"}
         flags = run_flags(runs_dir, run_id)
         if flags:
             decision = {**decision, "flags": flags,
